@@ -1,0 +1,132 @@
+"""One reverse-diffusion loop, shared by every sampler, and the samplers' step rules.
+
+Each step (numbers refer to Algorithm 1 of the CMI paper):
+
+1. one network evaluation at x_t, with a graph (line 4),
+2. Tweedie: x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (line 5),
+3. the unconditional proposal x'_{t-1} = coef_xt x_t + coef_x0 x0_hat + sigma_t z (lines 6-7; DDPM
+   ancestral step, or DDIM with ``ddim_eta``),
+4. the CMI step x'_{t-1} += eta_t grad I(x0; y | x_t), if enabled (line 8),
+5. the sampler's rule maps the :class:`StepState` to x_{t-1} (line 9 for DPS).
+
+A rule is a function ``rule(state) -> x_{t-1}``; the samplers' rules live in :mod:`cmidps.samplers`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .cmi import CMIConfig, cmi_gradient
+from .diffusion import StepCoefficients, learned_log_variance, x0_from_eps
+from .linalg import bdot, bview
+
+
+class SamplingDiverged(RuntimeError):
+    """The reverse diffusion produced non-finite values."""
+
+
+@dataclass
+class StepState:
+    """What a rule sees at one step. ``x_t`` requires grad and ``x0_hat`` carries its graph."""
+
+    c: StepCoefficients
+    x_t: torch.Tensor
+    x0_hat: torch.Tensor
+    eps: torch.Tensor
+    mean: torch.Tensor  # mu_t, the mean of the unconditional proposal (detached)
+    std: torch.Tensor  # per-element std of the proposal noise (0 at the last step)
+    noise: torch.Tensor  # z
+    x_prop: torch.Tensor  # x'_{t-1} = mean + std z (+ the CMI term), detached
+    op: object
+    y: torch.Tensor
+    sigma_y: float
+
+    def vjp(self, v: torch.Tensor) -> torch.Tensor:
+        """J^T v with J = d x0_hat / d x_t (one backward through the network)."""
+        (g,) = torch.autograd.grad(self.x0_hat, self.x_t, v, retain_graph=True)
+        return g
+
+    def residual(self) -> torch.Tensor:
+        """y - A x0_hat (detached)."""
+        return (self.y - self.op.A(self.x0_hat)).detach()
+
+    def grad_residual_norm(self) -> torch.Tensor:
+        """grad_{x_t} ||y - A x0_hat||, the norm (not its square) per sample (DPS, Eq. 16 of DPS)."""
+        r = self.residual()
+        norm = r.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return self.vjp(-self.op.A_adjoint(r) / bview(norm, r))
+
+
+# --- the loop ---------------------------------------------------------------------------------
+def _proposal(x: torch.Tensor, x0_hat: torch.Tensor, eps: torch.Tensor, var_values, c: StepCoefficients,
+              clip: bool, ddim_eta: float | None):
+    """The unconditional step's mean and std (Algorithm 1 line 7; DDIM Eq. 12 with ``ddim_eta``)."""
+    x = x.detach()
+    x0 = x0_hat.detach()
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+    if ddim_eta is None:
+        mean = c.coef_xt * x + c.coef_x0 * x0
+        if var_values is not None:
+            std = torch.exp(0.5 * learned_log_variance(var_values.detach(), c))
+        else:
+            std = torch.full_like(x, math.exp(0.5 * c.posterior_log_var_clipped))
+    else:
+        eps_c = (x - c.abar**0.5 * x0) / c.sigma  # epsilon consistent with the (clipped) x0
+        sig = ddim_eta * math.sqrt((1 - c.abar_prev) / (1 - c.abar) * (1 - c.abar / c.abar_prev))
+        mean = c.abar_prev**0.5 * x0 + math.sqrt(max(1 - c.abar_prev - sig**2, 0.0)) * eps_c
+        std = torch.full_like(x, sig)
+    if c.i == 0:
+        std = torch.zeros_like(x)
+    return mean, std
+
+
+def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor], steps: int,
+           generator: torch.Generator, sigma_y: float = 0.05, x_T: torch.Tensor | None = None,
+           batch: int | None = None, cmi: CMIConfig | None = None, cmi_generator: torch.Generator | None = None,
+           ddim_eta: float | None = None, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+    """Run the reverse diffusion from x_T ~ N(0, I) and return x_0.
+
+    ``y`` is (B, *y_shape) or (1, *y_shape) broadcast over the batch. Sampler noise comes only from
+    ``generator`` and CMI probes only from ``cmi_generator``, so X and CMI+X share their noise.
+    Raises :class:`SamplingDiverged` naming the step if the sample stops being finite.
+    """
+    sched = prior.schedule.respace(steps)
+    dtype = y.dtype
+    if x_T is None:
+        n = batch if batch is not None else y.shape[0]
+        x_T = torch.randn((n, *prior.shape), generator=generator, dtype=dtype, device="cpu").to(y.device)
+    x = x_T
+    if not torch.isfinite(y).all():
+        raise ValueError("the measurement y contains non-finite values")
+    cmi_active = cmi is not None and cmi.eta != 0.0
+    bar = tqdm(list(sched.reverse()), desc=desc, disable=not progress, leave=False)
+    for c in bar:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            eps, var_values = prior.eps(x, c.t)  # 1. the one network evaluation of this step
+            x0_hat = x0_from_eps(x, eps, c)  # 2. Tweedie
+            mean, std = _proposal(x, x0_hat, eps, var_values, c, prior.clip_x0, ddim_eta)
+            z = torch.randn(x.shape, generator=generator, dtype=dtype, device="cpu").to(x.device)
+            x_prop = mean + std * z  # 3. x'_{t-1}
+            if cmi_active and cmi.eta_at(c) != 0.0:  # 4. the CMI step
+                x_prop = x_prop + cmi.eta_at(c) * cmi_gradient(x, x0_hat, c, op, sigma_y, cmi, cmi_generator)
+            state = StepState(c, x, x0_hat, eps, mean, std, z, x_prop.detach(), op, y, sigma_y)
+            x_new = rule(state).detach()  # 5. the sampler's rule
+        if not torch.isfinite(x_new).all():
+            bad = (~torch.isfinite(x_new.flatten(1))).any(1).nonzero().flatten().tolist()
+            raise SamplingDiverged(
+                f"the sample became non-finite at step {len(sched) - c.i} of {len(sched)} (t={c.t}) "
+                f"for batch element(s) {bad[:8]}: lower the step size (zeta / eta) or use more steps")
+        x = x_new
+    return x.detach()
+
+
+def residual_norm(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """||y - A x|| per sample."""
+    r = y - op.A(x)
+    return bdot(r, r).sqrt()

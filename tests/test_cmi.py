@@ -1,0 +1,134 @@
+"""Theorem 1, second-order Tweedie, and the CMI gradient (Theorem 2) against exact values."""
+import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
+import math
+
+import pytest
+import torch
+
+from cmidps.cmi import CMIConfig, cmi_gradient, mutual_information, mutual_information_paper, sigma_post_dense
+from cmidps.diffusion import Schedule, x0_from_eps
+from cmidps.operators import DenseOperator
+from cmidps.prior import GaussianMixturePrior
+
+D = torch.float64
+
+
+def _spd(d, g, scale=1.0):
+    q = torch.randn(d, d, generator=g, dtype=D)
+    return scale * (q @ q.T / d + 0.3 * torch.eye(d, dtype=D))
+
+
+def _x0_fn(prior, c):
+    return lambda x: x0_from_eps(x, prior.eps(x, c.t)[0], c)
+
+
+@pytest.fixture
+def step():
+    return Schedule.linear().respace(50).at(30)
+
+
+def test_second_order_tweedie_is_exact_for_a_gaussian(step):
+    g = torch.Generator().manual_seed(0)
+    prior = GaussianMixturePrior(torch.ones(1, dtype=D), torch.randn(1, 4, generator=g, dtype=D), _spd(4, g)[None])
+    x = torch.randn(3, 4, generator=g, dtype=D)
+    sp = sigma_post_dense(x, _x0_fn(prior, step), step)
+    exact = prior.x0_given_xt_cov(x, step.abar)
+    torch.testing.assert_close(sp, exact.expand_as(sp), atol=1e-10, rtol=1e-9)
+
+
+def test_theorem1_both_forms_equal_the_entropy_difference(step):
+    g = torch.Generator().manual_seed(1)
+    d, m = 5, 3
+    prior = GaussianMixturePrior(torch.ones(1, dtype=D), torch.zeros(1, d, dtype=D), _spd(d, g)[None])
+    A = torch.randn(m, d, generator=g, dtype=D)
+    sigma_n = _spd(m, g, 0.2)
+    x = torch.randn(1, d, generator=g, dtype=D)
+    p = sigma_post_dense(x, _x0_fn(prior, step), step)[0]
+    # h(x0 | x_t) - h(x0 | x_t, y) from the joint Gaussian of (x0, y) given x_t (Schur complement).
+    s_y = A @ p @ A.T + sigma_n
+    cond = p - p @ A.T @ torch.linalg.solve(s_y, A @ p)
+    h = lambda cov: 0.5 * torch.logdet(2 * math.pi * math.e * cov)  # noqa: E731
+    entropy_diff = h(p) - h(cond)
+    torch.testing.assert_close(mutual_information(p, A, sigma_n), entropy_diff, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(mutual_information_paper(p, A, sigma_n), entropy_diff, atol=1e-8, rtol=1e-8)
+    assert entropy_diff > 0.1  # a non-trivial case
+
+
+def _mixture(d=4, k=3, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    means = 2.0 * torch.randn(k, d, generator=g, dtype=D)
+    cov = torch.stack([_spd(d, g, 0.5) for _ in range(k)])
+    return GaussianMixturePrior(torch.rand(k, generator=g, dtype=D) + 0.2, means, cov)
+
+
+def _problem(d=4, m=2, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    prior = _mixture(d)
+    op = DenseOperator(torch.randn(m, d, generator=g, dtype=D))
+    x = 1.5 * torch.randn(1, d, generator=g, dtype=D)
+    return prior, op, x, 0.3
+
+
+def _cmi_value(prior, op, x, sigma_y, c):
+    p = sigma_post_dense(x, _x0_fn(prior, c), c)[0]
+    return mutual_information(p, op.matrix, sigma_y**2 * torch.eye(op.matrix.shape[0], dtype=D))
+
+
+def _grad(prior, op, x, sigma_y, c, cfg, gen=None):
+    x = x.clone().requires_grad_(True)
+    x0 = _x0_fn(prior, c)(x)
+    return cmi_gradient(x, x0, c, op, sigma_y, cfg, gen)
+
+
+def test_cmi_gradient_matches_finite_differences(step):
+    prior, op, x, sigma_y = _problem()
+    exact = _grad(prior, op, x, sigma_y, step, CMIConfig(estimator="exact", kinv="cg", cg_iters=20))[0]
+    h = 1e-5
+    fd = torch.zeros(4, dtype=D)
+    for k in range(4):
+        e = torch.zeros(1, 4, dtype=D)
+        e[0, k] = h
+        fd[k] = (_cmi_value(prior, op, x + e, sigma_y, step) - _cmi_value(prior, op, x - e, sigma_y, step)) / (2 * h)
+    assert fd.abs().max() > 1e-3  # the gradient is not trivially zero here
+    torch.testing.assert_close(exact, fd, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("estimator,kinv", [("hutchinson", "cg"), ("lowrank", "cg"),
+                                            ("hutchinson", "isotropic"), ("lowrank", "isotropic")])
+def test_estimators_are_unbiased(step, estimator, kinv):
+    """Mean over many independent probes (one per batch copy of x) equals the exact gradient."""
+    prior, op, x, sigma_y = _problem()
+    exact = _grad(prior, op, x, sigma_y, step, CMIConfig(estimator="exact", kinv=kinv, cg_iters=20))[0]
+    n = 4000
+    gen = torch.Generator().manual_seed(5)
+    est = _grad(prior, op, x.expand(n, -1), sigma_y, step, CMIConfig(estimator=estimator, kinv=kinv, cg_iters=20), gen)
+    mean, se = est.mean(0), est.std(0) / math.sqrt(n)
+    assert (est.std(0) > 0).any()  # really stochastic
+    assert ((mean - exact).abs() <= 5 * se + 1e-9).all(), (mean, exact, se)
+
+
+def test_isotropic_differs_from_exact_K(step):
+    """The isotropic K^-1 is an approximation: on a mixture it must give a different gradient."""
+    prior, op, x, sigma_y = _problem()
+    g_cg = _grad(prior, op, x, sigma_y, step, CMIConfig(estimator="exact", kinv="cg", cg_iters=20))
+    g_iso = _grad(prior, op, x, sigma_y, step, CMIConfig(estimator="exact", kinv="isotropic"))
+    assert not torch.allclose(g_cg, g_iso, rtol=1e-3)
+
+
+def test_lowrank_has_lower_variance_than_hutchinson():
+    prior, op, x, sigma_y = _problem(d=16, m=2)
+    c = Schedule.linear().respace(50).at(30)
+    gen = torch.Generator().manual_seed(6)
+    xs = x.expand(500, -1)
+    var = {}
+    for est in ("hutchinson", "lowrank"):
+        g = _grad(prior, op, xs, sigma_y, c, CMIConfig(estimator=est, kinv="isotropic"), gen)
+        var[est] = g.var(0).sum()
+    assert var["lowrank"] < var["hutchinson"]
+
+
+def test_config_rejects_unknown_options():
+    with pytest.raises(ValueError, match="estimator"):
+        CMIConfig(estimator="magic")
+    with pytest.raises(ValueError, match="K\\^-1"):
+        CMIConfig(kinv="svd")
