@@ -79,9 +79,13 @@ class CMIConfig:
         return self.eta if self.eta_schedule == "constant" else self.eta * (1.0 - c.abar)
 
 
-def _rademacher(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    r = torch.randint(0, 2, shape, generator=generator, device="cpu").to(like.device, like.dtype)
-    return 2.0 * r - 1.0
+def _rademacher(shape, like: torch.Tensor, generator) -> torch.Tensor:
+    """Rademacher draws from a generator or a list of per-sample generators."""
+    if isinstance(generator, (list, tuple)):
+        r = torch.stack([torch.randint(0, 2, tuple(shape[1:]), generator=g) for g in generator])
+    else:
+        r = torch.randint(0, 2, tuple(shape), generator=generator)
+    return 2.0 * r.to(like.device, like.dtype) - 1.0
 
 
 def _jvp(x: torch.Tensor, x0_hat: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

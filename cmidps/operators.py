@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .motion import motion_kernel
 
@@ -36,8 +35,8 @@ Scalar = float | Tensor
 def _per_sample(value: Scalar, like: Tensor) -> Tensor:
     """A float or a ``(B,)`` tensor as a tensor broadcastable against ``like`` (``(B, ...)``)."""
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if t.ndim == 0:
-        return t
+    if t.numel() == 1 and t.ndim <= 1:
+        return t.reshape(())
     if t.shape != (like.shape[0],):
         raise ValueError(f"per-sample values must have shape ({like.shape[0]},), got {tuple(t.shape)}")
     return t.view(-1, *([1] * (like.ndim - 1)))
@@ -90,14 +89,16 @@ class LinearOperator(torch.nn.Module):
         return self.cg_solve_K(v, r2, s2)
 
     def cg_solve_K(
-        self, v: Tensor, r2: Scalar, s2: Scalar, tol: float = 1e-10, maxiter: int = 500
+        self, v: Tensor, r2: Scalar, s2: Scalar, tol: float | None = None, maxiter: int = 500
     ) -> Tensor:
         """Conjugate gradients on ``(s2 I + r2 A A^T) u = v``, independently per batch element.
 
         Stops when every residual satisfies ``||r_b|| <= tol * ||v_b||`` or after ``maxiter``
-        iterations. The system matrix is symmetric positive (semi-)definite; with ``s2 = 0`` and a
+        iterations (``tol=None``: 1e-10 in float64, 1e-5 in lower precision). The system matrix is symmetric positive (semi-)definite; with ``s2 = 0`` and a
         singular ``A A^T`` it converges for ``v`` in the range of ``A`` (to the minimum-norm solution).
         """
+        if tol is None:
+            tol = 1e-10 if v.dtype == torch.float64 else 1e-5
         r2_ = _per_sample(r2, v)
         s2_ = _per_sample(s2, v)
 
@@ -448,9 +449,14 @@ class DenseOperator(LinearOperator):
 
 # ------------------------------------------------------------------------------------ noise and tasks
 def add_noise(y: Tensor, sigma_y: float, generator: torch.Generator | None = None) -> Tensor:
-    """``y + sigma_y * n`` with ``n ~ N(0, I)`` drawn from ``generator`` (on ``y``'s device)."""
-    n = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
-    return y + sigma_y * n
+    """``y + sigma_y * n`` with ``n ~ N(0, I)`` drawn from ``generator``.
+
+    The noise is drawn on the generator's device (so a CPU generator gives the same noise for a
+    CUDA ``y``) and moved to ``y``'s device.
+    """
+    device = generator.device if generator is not None else y.device
+    n = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=device)
+    return y + sigma_y * n.to(y.device)
 
 
 TASKS = ("inpaint_random", "inpaint_box", "deblur_gauss", "deblur_motion", "sr4")

@@ -85,21 +85,33 @@ def _proposal(x: torch.Tensor, x0_hat: torch.Tensor, eps: torch.Tensor, var_valu
     return mean, std
 
 
+def randn(shape, generator, dtype, device) -> torch.Tensor:
+    """Standard normal draws from a generator, or from a list of per-sample generators (one row
+    each), so that a sample's noise does not depend on the batch it runs in."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        rows = [torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in generator]
+        return torch.stack(rows).to(device)
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device)
+
+
 def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor], steps: int,
-           generator: torch.Generator, sigma_y: float = 0.05, x_T: torch.Tensor | None = None,
-           batch: int | None = None, cmi: CMIConfig | None = None, cmi_generator: torch.Generator | None = None,
+           generator, sigma_y: float = 0.05, x_T: torch.Tensor | None = None,
+           batch: int | None = None, cmi: CMIConfig | None = None, cmi_generator=None,
            ddim_eta: float | None = None, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
     """Run the reverse diffusion from x_T ~ N(0, I) and return x_0.
 
     ``y`` is (B, *y_shape) or (1, *y_shape) broadcast over the batch. Sampler noise comes only from
-    ``generator`` and CMI probes only from ``cmi_generator``, so X and CMI+X share their noise.
+    ``generator`` and CMI probes only from ``cmi_generator``, so X and CMI+X share their noise; each
+    may be a list of per-sample generators (then results do not depend on the batch size).
     Raises :class:`SamplingDiverged` naming the step if the sample stops being finite.
     """
     sched = prior.schedule.respace(steps)
     dtype = y.dtype
     if x_T is None:
         n = batch if batch is not None else y.shape[0]
-        x_T = torch.randn((n, *prior.shape), generator=generator, dtype=dtype, device="cpu").to(y.device)
+        x_T = randn((n, *prior.shape), generator, dtype, y.device)
     x = x_T
     if not torch.isfinite(y).all():
         raise ValueError("the measurement y contains non-finite values")
@@ -111,7 +123,7 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
             eps, var_values = prior.eps(x, c.t)  # 1. the one network evaluation of this step
             x0_hat = x0_from_eps(x, eps, c)  # 2. Tweedie
             mean, std = _proposal(x, x0_hat, eps, var_values, c, prior.clip_x0, ddim_eta)
-            z = torch.randn(x.shape, generator=generator, dtype=dtype, device="cpu").to(x.device)
+            z = randn(x.shape, generator, dtype, x.device)
             x_prop = mean + std * z  # 3. x'_{t-1}
             if cmi_active and cmi.eta_at(c) != 0.0:  # 4. the CMI step
                 x_prop = x_prop + cmi.eta_at(c) * cmi_gradient(x, x0_hat, c, op, sigma_y, cmi, cmi_generator)

@@ -94,7 +94,7 @@ def _find_config(folder: Path, names: list[str]) -> Path | None:
 def load_diffusers_prior(folder, device="cpu") -> NetworkPrior:
     """Load a local diffusers ``UNet2DModel`` folder and its scheduler config as a :class:`NetworkPrior`."""
     from diffusers import UNet2DModel
-    from diffusers.models.attention_processor import AttnProcessor
+    from diffusers.models.attention_processor import Attention, AttnProcessor
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -115,7 +115,9 @@ def load_diffusers_prior(folder, device="cpu") -> NetworkPrior:
     sched = json.loads(sched_path.read_text())
 
     unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
-    unet.set_attn_processor(AttnProcessor())
+    for module in unet.modules():  # plain matmul + softmax attention: twice differentiable everywhere
+        if isinstance(module, Attention):
+            module.set_processor(AttnProcessor())
     unet = unet.eval().requires_grad_(False)
 
     schedule = Schedule(betas_from_scheduler_config(sched))
