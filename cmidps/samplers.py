@@ -55,13 +55,20 @@ def pigdm_guidance(s: StepState) -> torch.Tensor:
 
 
 def pigdm(s: StepState, weight: float = 1.0) -> torch.Tensor:
-    """Noisy PiGDM (Song et al. 2023, Alg. 1): x_{t-1} = x'_{t-1} + weight sqrt(abar_t) g.
+    """Noisy PiGDM (Song et al. 2023, Alg. 1): x_{t-1} = x'_{t-1} + weight sqrt(abar_t) r_t^2 g.
 
-    Departures from the original: their Alg. 1 adds sqrt(abar_t) g (their alpha_t is our abar_t) to a
-    DDIM step; here g is added to the loop's proposal x'_{t-1} (DDPM ancestral by default, DDIM with
-    ``ddim_eta``), and ``weight`` scales the guidance (1 = the paper's step).
+    Their Alg. 1 adds sqrt(abar_t) g_pinv (their alpha_t is our abar_t), with the noiseless guidance
+    g_pinv = J^T A^+ (y - A x0_hat). The noisy score g of :func:`pigdm_guidance` tends to g_pinv / r_t^2
+    as sigma_y -> 0 ((r^2 A A^T)^{-1} A = (A^+)^T / r^2 for full row rank A), so the step consistent with
+    Alg. 1 is sqrt(abar_t) r_t^2 g (the 'adaptive weight r_t^2' of their Sec. 3; InverseBench's noisy
+    PiGDM has the same factor). Without r_t^2 the step's gain on the residual is about
+    s_max^2 / sigma_y^2 at small t and the sampler diverges whenever s_max > sqrt(2) sigma_y.
+
+    Departures from the original: g is added to the loop's proposal x'_{t-1} (DDPM ancestral by
+    default, DDIM with ``ddim_eta``) instead of their DDIM step; ``weight`` scales it (1 = Alg. 1).
     """
-    return s.x_prop + weight * math.sqrt(s.c.abar) * pigdm_guidance(s)
+    r2 = 1.0 - s.c.abar
+    return s.x_prop + weight * math.sqrt(s.c.abar) * r2 * pigdm_guidance(s)
 
 
 # --- MCG ------------------------------------------------------------------------------------------

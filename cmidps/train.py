@@ -284,6 +284,7 @@ def save_weights(net: torch.nn.Module, path: Path, metadata: dict | None = None)
     sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in net.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(sd, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -463,6 +464,9 @@ def train(args) -> dict:
                 bar.write(f"step {step}: train {float(row['train_loss']):.4f}  held-out {last_held:.4f}  "
                           f"train-eval {last_train_eval:.4f}  ({elapsed():.0f}s)")
             rows.append(row)
+        if args.time_limit and time.time() - t_start > 60.0 * args.time_limit:
+            bar.write(f"--time-limit {args.time_limit} min reached at step {step}: stopping")
+            break
         if step % args.ckpt_every == 0 and step < args.steps:
             checkpoint()
     bar.close()
@@ -495,6 +499,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
     p.add_argument("--ema", type=float, default=_DEFAULTS["ema"], help="EMA decay of the saved weights")
     p.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop (and save) after this many minutes of this invocation, even before --steps (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     p.add_argument("--log-every", type=int, default=10, help="steps per loss.csv row")
     p.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")

@@ -233,9 +233,11 @@ def load_network_folder(folder, device="cpu", name: str | None = None) -> Networ
         raise CheckpointError(f"{str(cfg_path)!r} is not a valid cmidps model config "
                               f"(needs 'create_model', 'channels', 'image_size'): {err!r}") from err
     learn_sigma = bool(config.get("learn_sigma", kwargs.get("learn_sigma", False)))
-    if bool(kwargs.get("learn_sigma", False)) != learn_sigma:
+    if bool(kwargs.setdefault("learn_sigma", learn_sigma)) != learn_sigma:
         raise CheckpointError(f"{str(cfg_path)!r}: learn_sigma differs between the top level and create_model")
-    kwargs.setdefault("in_channels", channels)
+    if int(kwargs.setdefault("in_channels", channels)) != channels:
+        raise CheckpointError(f"{str(cfg_path)!r}: channels {channels} but create_model in_channels "
+                              f"{kwargs['in_channels']}")
     try:
         state = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:

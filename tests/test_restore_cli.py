@@ -1,0 +1,126 @@
+"""The restore API and the command line on a tiny random network (fast; no bundled weights needed)."""
+import cmidps  # noqa: F401
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cmidps.cli import main
+from cmidps.models.loading import load_prior, save_network
+from cmidps.models.unet import create_model
+from cmidps.restore import measure, parse_method, restore
+
+TINY = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+            num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny")
+    save_network(folder, create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "digit.png"
+    arr = np.zeros((16, 16), np.uint8)
+    arr[3:13, 7:9] = 255
+    Image.fromarray(arr, "L").save(path)
+    return path
+
+
+def test_parse_method():
+    assert parse_method("cmi+dps") == ("dps", True)
+    assert parse_method("DPS") == ("dps", False)
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_method("cmi+magic")
+
+
+def test_measure_is_seeded_per_task_and_item():
+    x = torch.rand(3, 1, 16, 16)
+    op1, y1 = measure(x, "inpaint_random", seed=4)
+    op2, y2 = measure(x, "inpaint_random", seed=4)
+    assert torch.equal(op1.mask, op2.mask) and torch.equal(y1, y2)
+    _, y3 = measure(x, "inpaint_random", seed=5)
+    assert not torch.equal(y1, y3)
+    # the third image's measurement does not depend on the batch it is in
+    _, y_single = measure(x[2:], "inpaint_random", seed=4, items=[2])
+    torch.testing.assert_close(y_single, y1[2:])
+    # masked pixels carry no noise: the measurement space of a mask is its kept pixels
+    assert torch.all(y1[:, :, op1.mask[0] == 0] == 0)
+
+
+def test_restore_does_not_depend_on_the_batch(tiny_model):
+    prior = load_prior(str(tiny_model))
+    x = torch.rand(2, 1, 16, 16)
+    op, y = measure(x, "deblur_gauss", seed=0)
+    both = restore(prior, op, y, "cmi+dps", steps=3, seed=1, progress=False)
+    second = restore(prior, op, y[1:], "cmi+dps", steps=3, seed=1, items=[1], progress=False)
+    assert both.shape == (2, 1, 16, 16) and both.min() >= 0 and both.max() <= 1
+    torch.testing.assert_close(second, both[1:], atol=1e-5, rtol=1e-5)
+
+
+def test_restore_rejects_a_shape_mismatch(tiny_model):
+    prior = load_prior(str(tiny_model))
+    op, y = measure(torch.rand(1, 1, 32, 32), "sr4", seed=0)
+    with pytest.raises(ValueError, match="operator acts on"):
+        restore(prior, op, y, "dps", steps=2, progress=False)
+
+
+def test_cli_restore_writes_the_image_and_grid(tiny_model, digit_png, tmp_path):
+    out, grid = tmp_path / "out.png", tmp_path / "grid.png"
+    rc = main(["restore", "--image", str(digit_png), "--task", "sr4", "--method", "dps", "--cmi", "lowrank",
+               "--eta", "0.05", "--model", str(tiny_model), "--steps", "3", "--seed", "0", "--out", str(out),
+               "--grid", str(grid), "--quiet"])
+    assert rc == 0
+    assert Image.open(out).size == (16, 16)
+    assert Image.open(grid).size[0] > 3 * 16
+
+
+def _restore_args(tiny_model, digit_png, tmp_path, **over):
+    args = {"--image": str(digit_png), "--task": "sr4", "--model": str(tiny_model),
+            "--out": str(tmp_path / "o.png"), "--steps": "2"}
+    args.update(over)
+    return ["restore", "--quiet"] + [a for kv in args.items() for a in kv]
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"--model": "/nonexistent/ffhq_10m.pt"}, "not found"),
+    ({"--image": "/nonexistent.png"}, "image not found"),
+    ({"--method": "cmi+magic"}, "unknown method"),
+])
+def test_cli_clear_errors(tiny_model, digit_png, tmp_path, capsys, over, message):
+    assert main(_restore_args(tiny_model, digit_png, tmp_path, **over)) == 2
+    assert message in capsys.readouterr().err.lower()
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_wrong_image_size_is_a_clear_error(tiny_model, tmp_path, capsys):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((20, 24), np.uint8), "L").save(big)
+    assert main(_restore_args(tiny_model, big, tmp_path)) == 2
+    assert "24x20, the model needs 16x16" in capsys.readouterr().err
+
+
+def test_cli_unknown_task_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["restore", "--image", "x.png", "--task", "denoise_magic", "--out", "o.png"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_divergence_is_reported_not_written(tiny_model, digit_png, tmp_path, capsys):
+    out = tmp_path / "nan.png"
+    rc = main(["restore", "--image", str(digit_png), "--task", "deblur_gauss", "--model", str(tiny_model),
+               "--zeta", "1e30", "--steps", "4", "--out", str(out), "--quiet"])
+    assert rc == 2 and not out.exists()
+    assert "non-finite at step" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert json.dumps(cmidps.__version__) in json.dumps(capsys.readouterr().out.split()[-1])
