@@ -249,6 +249,10 @@ def load_network_folder(folder, device="cpu", name: str | None = None) -> Networ
     kind = sched_cfg.pop("type", "linear")
     if kind != "linear":
         raise CheckpointError(f"{str(cfg_path)!r}: unsupported schedule type {kind!r} (only 'linear')")
+    unknown = set(sched_cfg) - {"num_train_steps", "beta_start", "beta_end"}
+    if unknown:
+        raise CheckpointError(f"{str(cfg_path)!r}: unknown schedule keys {sorted(unknown)} "
+                              f"(num_train_steps, beta_start, beta_end, type)")
     schedule = Schedule.linear(**sched_cfg)
     prior = NetworkPrior(net, (channels, size, size), learn_sigma=learn_sigma, schedule=schedule,
                          clip_x0=bool(config.get("clip_x0", True)), name=name or f"folder:{folder.name}")
