@@ -134,21 +134,33 @@ def probe_pairs(cfg: CMIConfig, op, kinv_apply, batch: int, like: torch.Tensor, 
     return pairs
 
 
-def cmi_gradient(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float,
-                 cfg: CMIConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """grad_{x_t} I(x0; y | x_t) (Theorem 2), estimated as configured; per sample, batched.
+def cmi_objective(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float,
+                  cfg: CMIConfig, generator=None) -> torch.Tensor:
+    """A scalar whose gradient with respect to ``x`` is the estimate of grad I(x0; y | x_t).
 
-    ``x0_hat`` must carry its autograd graph back to ``x``; the graph is kept for the caller.
+    ``1/2 (sigma_t^2 / sqrt(abar_t)) mean_probes <J^T a, b>`` with stop-gradient probes: one
+    vector-Jacobian product with a graph per probe. Taking its gradient
+    is the double backward; :class:`~cmidps.sampling.StepState` fuses that with the sampler's own
+    backward where it can.
     """
     kinv_apply = make_kinv(op, c, sigma_y, x, x0_hat, cfg.kinv, cfg.cg_iters)
     pairs = probe_pairs(cfg, op, kinv_apply, x.shape[0], x0_hat, generator)
     total = 0.0
-    for a, b in pairs:
+    for a, b in pairs:  # (a batched backward over probes, is_grads_batched, fails through UNets)
         (jt_a,) = torch.autograd.grad(x0_hat, x, a.detach(), create_graph=True)
         total = total + (jt_a * b.detach()).sum()
-    (g,) = torch.autograd.grad(total, x, retain_graph=True)
     n = 1 if cfg.estimator == "exact" else cfg.probes
-    return 0.5 * c.sigma**2 / c.abar**0.5 * g / n
+    return 0.5 * c.sigma**2 / c.abar**0.5 / n * total
+
+
+def cmi_gradient(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float,
+                 cfg: CMIConfig, generator=None) -> torch.Tensor:
+    """grad_{x_t} I(x0; y | x_t) (Theorem 2), estimated as configured; per sample, batched.
+
+    ``x0_hat`` must carry its autograd graph back to ``x``; the graph is kept for the caller.
+    """
+    (g,) = torch.autograd.grad(cmi_objective(x, x0_hat, c, op, sigma_y, cfg, generator), x, retain_graph=True)
+    return g
 
 
 # --- Theorem 1, dense (vectors and tests) ------------------------------------------------------

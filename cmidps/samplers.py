@@ -29,7 +29,7 @@ from .sampling import StepState
 
 def dps(s: StepState, zeta: float = 1.0) -> torch.Tensor:
     """DPS (Chung et al. 2023, Alg. 1): x_{t-1} = x'_{t-1} - zeta grad_{x_t} ||y - A x0_hat||."""
-    return s.x_prop - zeta * s.grad_residual_norm()
+    return s.guided(s.residual_norm_grad_x0(), -zeta)
 
 
 def unconditional(s: StepState) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .cmi import CMIConfig, cmi_gradient
+from .cmi import CMIConfig, cmi_objective
 from .diffusion import StepCoefficients, learned_log_variance, x0_from_eps
 from .linalg import bdot, bview
 
@@ -31,7 +31,12 @@ class SamplingDiverged(RuntimeError):
 
 @dataclass
 class StepState:
-    """What a rule sees at one step. ``x_t`` requires grad and ``x0_hat`` carries its graph."""
+    """What a rule sees at one step. ``x_t`` requires grad and ``x0_hat`` carries its graph.
+
+    ``x_prop`` is x'_{t-1} with the CMI term added (Algorithm 1, line 8). The CMI gradient is taken
+    lazily: a rule that only needs ``x_prop + w J^T v`` asks for :meth:`guided`, which gets the CMI
+    double backward and the sampler's own backward in one pass.
+    """
 
     c: StepCoefficients
     x_t: torch.Tensor
@@ -40,28 +45,51 @@ class StepState:
     mean: torch.Tensor  # mu_t, the mean of the unconditional proposal (detached)
     std: torch.Tensor  # per-element std of the proposal noise (0 at the last step)
     noise: torch.Tensor  # z
-    x_prop: torch.Tensor  # x'_{t-1} = mean + std z (+ the CMI term), detached
+    x_prop_base: torch.Tensor  # mean + std z, before the CMI term
     op: object
     y: torch.Tensor
     sigma_y: float
+    cmi_objective: torch.Tensor | None = None  # eta_t * (scalar whose x-gradient is grad I)
+    _x_prop: torch.Tensor | None = None
+
+    @property
+    def x_prop(self) -> torch.Tensor:
+        """x'_{t-1} = mean + std z + eta_t grad I (detached)."""
+        if self._x_prop is None:
+            self._x_prop = self.x_prop_base
+            if self.cmi_objective is not None:
+                (g,) = torch.autograd.grad(self.cmi_objective, self.x_t, retain_graph=True)
+                self._x_prop = self.x_prop_base + g.detach()
+        return self._x_prop
 
     def vjp(self, v: torch.Tensor) -> torch.Tensor:
         """J^T v with J = d x0_hat / d x_t (one backward through the network)."""
         (g,) = torch.autograd.grad(self.x0_hat, self.x_t, v, retain_graph=True)
         return g
 
+    def guided(self, v: torch.Tensor, weight: float) -> torch.Tensor:
+        """x'_{t-1} + weight J^T v, with the CMI term, in a single backward pass."""
+        if self._x_prop is None and self.cmi_objective is not None:
+            total = self.cmi_objective + weight * (self.x0_hat * v.detach()).sum()
+            (g,) = torch.autograd.grad(total, self.x_t, retain_graph=True)
+            return self.x_prop_base + g
+        return self.x_prop + weight * self.vjp(v)
+
     def residual(self) -> torch.Tensor:
         """y - A x0_hat (detached)."""
         return (self.y - self.op.A(self.x0_hat)).detach()
 
-    def grad_residual_norm(self) -> torch.Tensor:
-        """grad_{x_t} ||y - A x0_hat||, the norm (not its square) per sample (DPS, Eq. 16 of DPS)."""
+    def residual_norm_grad_x0(self) -> torch.Tensor:
+        """The gradient of ||y - A x0_hat|| with respect to x0_hat: -A^T r / ||r||, per sample."""
         r = self.residual()
         norm = r.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return self.vjp(-self.op.A_adjoint(r) / bview(norm, r))
+        return -self.op.A_adjoint(r) / bview(norm, r)
+
+    def grad_residual_norm(self) -> torch.Tensor:
+        """grad_{x_t} ||y - A x0_hat||, the norm (not its square) per sample (DPS, Eq. 16 of DPS)."""
+        return self.vjp(self.residual_norm_grad_x0())
 
 
-# --- the loop ---------------------------------------------------------------------------------
 def _proposal(x: torch.Tensor, x0_hat: torch.Tensor, eps: torch.Tensor, var_values, c: StepCoefficients,
               clip: bool, ddim_eta: float | None):
     """The unconditional step's mean and std (Algorithm 1 line 7; DDIM Eq. 12 with ``ddim_eta``)."""
@@ -125,9 +153,10 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
             mean, std = _proposal(x, x0_hat, eps, var_values, c, prior.clip_x0, ddim_eta)
             z = randn(x.shape, generator, dtype, x.device)
             x_prop = mean + std * z  # 3. x'_{t-1}
-            if cmi_active and cmi.eta_at(c) != 0.0:  # 4. the CMI step
-                x_prop = x_prop + cmi.eta_at(c) * cmi_gradient(x, x0_hat, c, op, sigma_y, cmi, cmi_generator)
-            state = StepState(c, x, x0_hat, eps, mean, std, z, x_prop.detach(), op, y, sigma_y)
+            objective = None
+            if cmi_active and cmi.eta_at(c) != 0.0:  # 4. the CMI step (its gradient is taken lazily)
+                objective = cmi.eta_at(c) * cmi_objective(x, x0_hat, c, op, sigma_y, cmi, cmi_generator)
+            state = StepState(c, x, x0_hat, eps, mean, std, z, x_prop.detach(), op, y, sigma_y, objective)
             x_new = rule(state).detach()  # 5. the sampler's rule
         if not torch.isfinite(x_new).all():
             bad = (~torch.isfinite(x_new.flatten(1))).any(1).nonzero().flatten().tolist()

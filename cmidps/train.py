@@ -341,7 +341,8 @@ def train(args) -> dict:
         ck = None
         mk = model_kwargs_from_args(args)
         hp = {"batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay, "ema": args.ema,
-              "warmup": args.warmup, "grad_clip": args.grad_clip, "seed": args.seed, "data": args.data}
+              "warmup": args.warmup, "grad_clip": args.grad_clip, "seed": args.seed, "data": args.data,
+              "args": {k: v for k, v in vars(args).items() if k not in ("func", "command")}}
     if resumed:
         for k in ("batch", "lr", "ema", "seed"):
             if getattr(args, k) != hp[k] and getattr(args, k) != _DEFAULTS.get(k):
@@ -405,6 +406,7 @@ def train(args) -> dict:
                 "ema_warmup": "decay_k = min(ema, (1 + k) / (10 + k))",
                 "wall_time_s": round(elapsed(), 1),
                 "threads": torch.get_num_threads(),
+                "args": hp.get("args"),
                 "torch": torch.__version__,
                 "finished": final,
             },

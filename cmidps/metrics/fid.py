@@ -5,7 +5,8 @@
   ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})``. The trace of the matrix square root is
   computed stably in float64 as ``sum_i sqrt(lambda_i)`` over the eigenvalues of the symmetric PSD matrix
   ``S1^{1/2} S2 S1^{1/2}`` (same spectrum as ``S1 S2``), with ``S1^{1/2}`` from a symmetric eigendecomposition
-  and tiny negative round-off eigenvalues clipped to zero; no complex parts to discard.
+  and tiny negative round-off eigenvalues clipped to zero; no complex parts to discard. With fewer samples
+  than dimensions the same trace is the nuclear norm of an N1 x N2 matrix (see ``frechet_distance``).
 * ``kernel_inception_distance(f1, f2)``: the unbiased estimator of MMD^2 with the polynomial kernel
   ``k(x, y) = (x.y / D + 1)^3`` (Bińkowski et al. 2018), averaged over ``subsets`` random subsets of
   ``subset_size`` rows of each set (torch-fidelity / torchmetrics defaults: 100 subsets of 1000); returns
@@ -15,6 +16,8 @@ With Inception pool3 features these are FID and KID. With other features (e.g. t
 the same numbers are a domain feature distance and must be named as such.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -44,9 +47,18 @@ def feature_stats(f) -> tuple[np.ndarray, np.ndarray]:
     return mu, (c.T @ c) / (f.shape[0] - 1)
 
 
-def _sqrt_psd(s: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+def _t64(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """tr((S1 S2)^{1/2}) for symmetric PSD S1, S2: sum of sqrt of the eigenvalues of S1^{1/2} S2 S1^{1/2}."""
+    a, b = _t64(s1), _t64(s2)
+    w, v = torch.linalg.eigh((a + a.T) / 2)
+    r = (v * w.clamp(min=0).sqrt()) @ v.T
+    m = r @ b @ r
+    ev = torch.linalg.eigvalsh((m + m.T) / 2)
+    return float(ev.clamp(min=0).sqrt().sum())
 
 
 def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
@@ -55,22 +67,34 @@ def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"inconsistent shapes: {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}")
-    r1 = _sqrt_psd(s1)
-    m = r1 @ s2 @ r1
-    ev = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = np.sqrt(np.clip(ev, 0, None)).sum()
     d = mu1 - mu2
-    val = float(d @ d + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    val = float(d @ d + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2))
     return max(val, 0.0)  # >= 0 in exact arithmetic; clip round-off
 
 
 def frechet_distance(f1, f2) -> float:
-    """Fréchet distance between Gaussians fitted to two (N, D) feature matrices."""
-    mu1, s1 = feature_stats(f1)
-    mu2, s2 = feature_stats(f2)
-    if mu1.shape != mu2.shape:
-        raise ValueError(f"feature dimensions differ: {mu1.shape[0]} and {mu2.shape[0]}")
-    return frechet_distance_from_stats(mu1, s1, mu2, s2)
+    """Fréchet distance between Gaussians fitted to two (N, D) feature matrices.
+
+    With few samples (N1 * N2 <= D^2) it uses the exact identity tr((S1 S2)^{1/2}) = ||A B^T||_* (nuclear
+    norm), where S1 = A^T A and S2 = B^T B with A, B the centred features over sqrt(N - 1): an
+    N1 x N2 SVD instead of D x D eigendecompositions (and exact for rank-deficient covariances)."""
+    x, y = _np64(f1), _np64(f2)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature dimensions differ: {x.shape[1]} and {y.shape[1]}")
+    n1, n2, dim = x.shape[0], y.shape[0], x.shape[1]
+    if min(n1, n2) < 2:
+        raise MetricUnavailable(f"a Fréchet distance needs at least 2 samples per set, got {n1} and {n2}")
+    if n1 * n2 > dim * dim:
+        mu1, s1 = feature_stats(x)
+        mu2, s2 = feature_stats(y)
+        return frechet_distance_from_stats(mu1, s1, mu2, s2)
+    a, b = _t64(x), _t64(y)
+    mu1, mu2 = a.mean(0), b.mean(0)
+    a = (a - mu1) / math.sqrt(n1 - 1)
+    b = (b - mu2) / math.sqrt(n2 - 1)
+    tr_covmean = torch.linalg.svdvals(a @ b.T).sum()
+    val = float((mu1 - mu2).square().sum() + a.square().sum() + b.square().sum() - 2.0 * tr_covmean)
+    return max(val, 0.0)
 
 
 def _poly_kernel(a: np.ndarray, b: np.ndarray, degree: int, gamma: float, coef0: float) -> np.ndarray:

@@ -1,0 +1,449 @@
+"""``cmidps bench gmm``: the exact-posterior Gaussian-mixture benchmark of MCGdiff (Cardoso et al., ICLR 2024).
+
+Per problem seed (``docs/math.md``, "Exact-posterior benchmark"):
+
+* prior: :meth:`GaussianMixturePrior.mcgdiff` (25 components, identity covariances, means on a grid of
+  spacing 8, weights ``randn(25)^2``), whose diffused scores are closed form;
+* ``A``: ``randn(m, d)``, its singular values replaced by sorted U[0, 1] draws;
+* ``sigma_y = U[0, 1] * s_max`` and ``y = A x* + sigma_y eps`` with ``x*`` drawn from the prior;
+* the exact posterior (a Gaussian mixture, :meth:`GaussianMixturePrior.posterior`).
+
+Every method runs :func:`cmidps.sampling.sample` on one batch of ``--samples`` draws; X and CMI+X use the
+same sampler generator seed (CMI probes come from their own generator), so their difference is the CMI
+term alone. The score is the sliced Wasserstein-2 distance to ``--ref-samples`` exact posterior draws,
+over ``--directions`` random directions drawn once from ``--direction-seed``; the ``floor`` is the same
+distance between two independent exact posterior sample sets of those sizes.
+
+With ``--tune-seeds`` the step size of each baseline is first picked from its grid on those seeds (lowest
+mean SW2), then each CMI+X's eta from ``--eta-grid`` with X's step size fixed; the choices and all tuning
+scores go into the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..cmi import CMIConfig, ESTIMATORS, ETA_SCHEDULES, KINV
+from ..operators import DenseOperator
+from ..prior import GaussianMixturePrior
+from ..samplers import STEP_PARAM, make_rule
+from ..sampling import SamplingDiverged, sample
+
+DTYPE = torch.float64
+BASELINES = ("dps", "pigdm", "mcg", "dsg")
+METHODS = tuple(m for x in BASELINES for m in (x, "cmi+" + x))
+DEFAULT_STEP = {"dps": 1.0, "pigdm": 1.0, "mcg": 1.0, "dsg": 0.2}
+DEFAULT_GRID = {"dps": [0.1, 0.3, 1.0, 3.0], "pigdm": [0.3, 1.0, 2.0, 4.0],
+                "mcg": [0.1, 0.3, 1.0, 3.0], "dsg": [0.1, 0.2, 0.5, 1.0]}
+DEFAULT_ETA_GRID = [0.01, 0.03, 0.1, 0.3]
+
+# Offsets that derive independent generator seeds from a problem seed.
+_SAMPLER, _CMI, _REF, _FLOOR = 1_000_003, 2_000_003, 3_000_003, 4_000_003
+
+
+# --- the prior with a fast exact score --------------------------------------------------------------
+class IsotropicGaussianMixturePrior(GaussianMixturePrior):
+    """:class:`GaussianMixturePrior` with identity covariances and a fast closed-form score.
+
+    With identity covariances every diffused component is ``N(sqrt(abar) mu_k, I)``, so
+    ``grad log p_t(x) = -x + sqrt(abar) sum_k r_k(x) mu_k`` with responsibilities
+    ``r = softmax(log w_k + sqrt(abar) <x, mu_k> - abar |mu_k|^2 / 2)``: exactly the base class's score
+    without its per-component Cholesky solves (about 100x faster at d = 80).
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, schedule=None):
+        super().__init__(weights, means, None, schedule)
+        self._abar = torch.cumprod(1.0 - self.schedule.train_betas, 0)
+
+    @classmethod
+    def from_prior(cls, prior: GaussianMixturePrior) -> "IsotropicGaussianMixturePrior":
+        eye = torch.eye(prior.means.shape[1], dtype=prior.cov.dtype)
+        if not torch.equal(prior.cov, eye.expand_as(prior.cov)):
+            raise ValueError("the fast score needs identity covariances")
+        return cls(prior.weights, prior.means, prior.schedule)
+
+    def score(self, x_t: torch.Tensor, abar: float) -> torch.Tensor:
+        a = abar**0.5
+        mu = self.means.to(x_t.dtype)
+        logits = torch.log(self.weights.to(x_t.dtype)) + a * (x_t @ mu.T) - 0.5 * abar * (mu**2).sum(1)
+        return -x_t + a * torch.softmax(logits, dim=1) @ mu
+
+    def eps(self, x_t: torch.Tensor, t: int):
+        self.nfe += 1
+        abar = float(self._abar[t])
+        return -((1.0 - abar) ** 0.5) * self.score(x_t, abar), None
+
+
+# --- the problem ---------------------------------------------------------------------------------
+@dataclass
+class Problem:
+    seed: int
+    prior: IsotropicGaussianMixturePrior
+    op: DenseOperator
+    A: torch.Tensor
+    sigma_y: float
+    x_star: torch.Tensor  # (1, d)
+    y: torch.Tensor  # (1, m)
+    posterior: GaussianMixturePrior
+
+
+def draw_problem(dim: int, meas: int, seed: int) -> Problem:
+    """One MCGdiff problem, a deterministic function of ``(dim, meas, seed)``."""
+    g = torch.Generator().manual_seed(seed)
+    prior = IsotropicGaussianMixturePrior.from_prior(GaussianMixturePrior.mcgdiff(dim, g, DTYPE))
+    a = torch.randn(meas, dim, generator=g, dtype=DTYPE)
+    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    s = torch.rand(min(meas, dim), generator=g, dtype=DTYPE).sort(descending=True).values
+    A = u @ torch.diag(s) @ vh
+    sigma_y = float(torch.rand(1, generator=g, dtype=DTYPE)) * float(s.max())
+    x_star = prior.sample(1, g)
+    y = x_star @ A.T + sigma_y * torch.randn(1, meas, generator=g, dtype=DTYPE)
+    post = prior.posterior(A, y[0], sigma_y)
+    return Problem(seed, prior, DenseOperator(A), A, sigma_y, x_star, y, post)
+
+
+# --- sliced Wasserstein-2 ------------------------------------------------------------------------
+def random_directions(dim: int, n: int, seed: int = 0, dtype=DTYPE) -> torch.Tensor:
+    """``n`` unit vectors uniform on the sphere of R^dim, from a fixed seed: ``(n, dim)``."""
+    th = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return th / th.norm(dim=1, keepdim=True)
+
+
+def wasserstein2_1d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact squared W2 between the empirical measures of the columns of ``a`` (n1, L) and ``b`` (n2, L).
+
+    W2^2 = int_0^1 (F_a^-1(u) - F_b^-1(u))^2 du; both quantile functions are step functions, so the
+    integral is a sum over the merged breakpoints {k / n1} u {k / n2}. Returns (L,).
+    """
+    n1, n2 = a.shape[0], b.shape[0]
+    qa, qb = a.sort(0).values, b.sort(0).values
+    if n1 == n2:
+        return ((qa - qb) ** 2).mean(0)
+    br = torch.cat([torch.arange(1, n1 + 1, dtype=a.dtype) / n1, torch.arange(1, n2 + 1, dtype=a.dtype) / n2]).sort().values
+    lo = torch.cat([torch.zeros(1, dtype=a.dtype), br[:-1]])
+    width, mid = br - lo, 0.5 * (br + lo)
+    ia = (mid * n1).floor().long().clamp(0, n1 - 1)
+    ib = (mid * n2).floor().long().clamp(0, n2 - 1)
+    return (width[:, None] * (qa[ia] - qb[ib]) ** 2).sum(0)
+
+
+def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, directions: int | torch.Tensor = 1000,
+                       seed: int = 0) -> float:
+    """Sliced Wasserstein-2: sqrt(mean over unit directions theta of W2^2(<theta, x>, <theta, y>)).
+
+    ``directions`` is a count (drawn from ``seed``) or an ``(L, d)`` tensor of unit vectors.
+    """
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"need two (n, d) sample sets, got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.to(DTYPE), y.to(DTYPE)
+    th = random_directions(x.shape[1], directions, seed) if isinstance(directions, int) else directions.to(DTYPE)
+    return float(wasserstein2_1d(x @ th.T, y @ th.T).mean().sqrt())
+
+
+# --- running methods -------------------------------------------------------------------------------
+def base_of(method: str) -> str:
+    return method[4:] if method.startswith("cmi+") else method
+
+
+def rule_params(method: str, params: dict) -> dict:
+    """The rule's keyword arguments for ``method`` from the settings dict (see :func:`settings_from_args`)."""
+    base = base_of(method)
+    kw = {STEP_PARAM[base]: params["step"][base]}
+    if base == "dsg":
+        kw["interval"] = params["dsg_interval"]
+    return kw
+
+
+def run_method(problem: Problem, method: str, params: dict, steps: int, samples: int,
+               cmi: CMIConfig | None = None) -> torch.Tensor:
+    """Samples of ``method`` on ``problem`` (raises SamplingDiverged)."""
+    base = base_of(method)
+    if base not in BASELINES:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    use_cmi = method.startswith("cmi+")
+    if use_cmi and cmi is None:
+        raise ValueError(f"{method} needs a CMI configuration")
+    return sample(problem.prior, problem.op, problem.y, make_rule(base, **rule_params(method, params)), steps=steps,
+                  generator=torch.Generator().manual_seed(problem.seed + _SAMPLER), sigma_y=problem.sigma_y,
+                  batch=samples, cmi=cmi if use_cmi else None,
+                  cmi_generator=torch.Generator().manual_seed(problem.seed + _CMI), progress=False)
+
+
+def cmi_config(params: dict, method: str) -> CMIConfig:
+    c = params["cmi"]
+    return CMIConfig(eta=params["eta"][base_of(method)], estimator=c["estimator"], probes=c["probes"],
+                     kinv=c["kinv"], cg_iters=c["cg_iters"], eta_schedule=c["eta_schedule"])
+
+
+def evaluate(problem: Problem, method: str, params: dict, ref: torch.Tensor, theta: torch.Tensor) -> dict:
+    """Run one method and score it: ``{"method", "seed", "sw2" (None if diverged), "seconds" (sampling
+    wall time), "diverged" (only if it did)}``."""
+    cfg = cmi_config(params, method) if method.startswith("cmi+") else None
+    t0 = time.perf_counter()
+    try:
+        x = run_method(problem, method, params, params["steps"], params["samples"], cfg)
+        seconds = time.perf_counter() - t0  # sampling only
+        sw2, diverged = sliced_wasserstein(x, ref, theta), False
+    except SamplingDiverged:
+        seconds, sw2, diverged = time.perf_counter() - t0, None, True
+    out = {"method": method, "seed": problem.seed, "sw2": sw2, "seconds": seconds}
+    if diverged:
+        out["diverged"] = True
+    return out
+
+
+def references(problem: Problem, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent exact posterior sample sets (reference and floor)."""
+    ref = problem.posterior.sample(n, torch.Generator().manual_seed(problem.seed + _REF))
+    other = problem.posterior.sample(n, torch.Generator().manual_seed(problem.seed + _FLOOR))
+    return ref, other
+
+
+# --- tuning ----------------------------------------------------------------------------------------
+def _score(rows: list[dict]) -> float:
+    vals = [r["sw2"] for r in rows]
+    return math.inf if any(v is None for v in vals) else sum(vals) / len(vals)
+
+
+def tune(params: dict, methods: list[str], seeds: list[int], grids: dict, eta_grid: list[float],
+         progress: bool = True) -> dict:
+    """Pick each baseline's step size on ``seeds`` (lowest mean SW2; divergence counts as infinite), then
+    each CMI+X's eta with X's step fixed. Updates ``params`` in place; returns the tuning record."""
+    from tqdm.auto import tqdm
+
+    dim, meas = params["dim"], params["meas"]
+    bases = sorted({base_of(m) for m in methods}, key=BASELINES.index)
+    cmi_bases = [b for b in bases if "cmi+" + b in methods]
+    problems = [draw_problem(dim, meas, s) for s in seeds]
+    refs = [references(p, params["ref_samples"])[0] for p in problems]
+    theta = random_directions(dim, params["directions"], params["direction_seed"])
+    n_runs = len(seeds) * (sum(len(grids[b]) for b in bases) + len(cmi_bases) * len(eta_grid))
+    bar = tqdm(total=n_runs, desc=f"tuning d={dim} m={meas}", disable=not progress)
+    record = {"seeds": list(seeds), "grids": {b: list(grids[b]) for b in bases}, "eta_grid": list(eta_grid),
+              "step_scores": {}, "eta_scores": {}, "chosen_step": {}, "chosen_eta": {}}
+    for b in bases:
+        scores = {}
+        for v in grids[b]:
+            trial = {**params, "step": {**params["step"], b: v}}
+            rows = []
+            for p, ref in zip(problems, refs):
+                rows.append(evaluate(p, b, trial, ref, theta))
+                bar.update()
+            scores[v] = _score(rows)
+        best = min(grids[b], key=lambda v: scores[v])
+        params["step"][b] = best
+        record["step_scores"][b] = {str(k): v for k, v in scores.items()}
+        record["chosen_step"][b] = best
+    for b in cmi_bases:
+        scores = {}
+        for e in eta_grid:
+            trial = {**params, "eta": {**params["eta"], b: e}}
+            rows = []
+            for p, ref in zip(problems, refs):
+                rows.append(evaluate(p, "cmi+" + b, trial, ref, theta))
+                bar.update()
+            scores[e] = _score(rows)
+        best = min(eta_grid, key=lambda e: scores[e])
+        params["eta"][b] = best
+        record["eta_scores"][b] = {str(k): v for k, v in scores.items()}
+        record["chosen_eta"][b] = best
+    bar.close()
+    return record
+
+
+# --- the benchmark -------------------------------------------------------------------------------
+def warm_up(params: dict, methods: list[str]) -> None:
+    """Run every method once on a tiny problem (untimed), so the first timed run pays no start-up cost."""
+    problem = draw_problem(params["dim"], params["meas"], 0)
+    for method in methods:
+        cfg = cmi_config(params, method) if method.startswith("cmi+") else None
+        try:
+            run_method(problem, method, params, 2, 8, cfg)
+        except SamplingDiverged:
+            pass
+
+
+def run_benchmark(params: dict, methods: list[str], seeds: list[int], progress: bool = True) -> dict:
+    """Run every method on every seed; returns ``{"config", "results", "floor"}``."""
+    from tqdm.auto import tqdm
+
+    theta = random_directions(params["dim"], params["directions"], params["direction_seed"])
+    warm_up(params, methods)
+    results, floor = [], []
+    bar = tqdm(total=len(seeds) * len(methods), desc=f"gmm d={params['dim']} m={params['meas']}",
+               disable=not progress)
+    for seed in seeds:
+        problem = draw_problem(params["dim"], params["meas"], seed)
+        ref, other = references(problem, params["ref_samples"])
+        floor.append({"seed": seed, "sw2": sliced_wasserstein(other, ref, theta)})
+        for method in methods:
+            row = evaluate(problem, method, params, ref, theta)
+            results.append(row)
+            bar.set_postfix(method=method, seed=seed, sw2="diverged" if row["sw2"] is None else f"{row['sw2']:.3f}")
+            bar.update()
+    bar.close()
+    return {"config": {**params, "methods": list(methods), "seeds": list(seeds)}, "results": results, "floor": floor}
+
+
+# --- summaries -------------------------------------------------------------------------------------
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width 1.96 sd / sqrt(n) of its 95% interval (0 for n < 2)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    m = sum(values) / n
+    if n < 2:
+        return m, 0.0
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, 1.96 * sd / math.sqrt(n)
+
+
+def summarize(out: dict) -> dict:
+    """Per-method mean +- 95% CI of SW2 and seconds, the floor, and paired CMI+X vs X statistics."""
+    steps = out["config"]["steps"]
+    by = {}
+    for r in out["results"]:
+        by.setdefault(r["method"], []).append(r)
+    methods = [m for m in out["config"]["methods"] if m in by]
+    per = {}
+    for m in methods:
+        ok = [r["sw2"] for r in by[m] if r["sw2"] is not None]
+        secs = [r["seconds"] for r in by[m]]
+        per[m] = {"sw2": mean_ci(ok), "seconds": mean_ci(secs), "n": len(ok), "diverged": len(by[m]) - len(ok),
+                  "sec_per_step": sum(secs) / len(secs) / steps}
+    paired = {}
+    for x in BASELINES:
+        cx = "cmi+" + x
+        if x not in by or cx not in by:
+            continue
+        bx = {r["seed"]: r["sw2"] for r in by[x]}
+        bc = {r["seed"]: r["sw2"] for r in by[cx]}
+        common = [s for s in bx if s in bc and bx[s] is not None and bc[s] is not None]
+        diffs = [bc[s] - bx[s] for s in common]
+        paired[x] = {"wins": sum(d < 0 for d in diffs), "losses": sum(d > 0 for d in diffs),
+                     "ties": sum(d == 0 for d in diffs), "n": len(common), "diff": mean_ci(diffs),
+                     "cost_ratio": per[cx]["sec_per_step"] / per[x]["sec_per_step"]}
+    return {"methods": per, "floor": mean_ci([f["sw2"] for f in out["floor"]]), "paired": paired}
+
+
+def format_table(out: dict) -> str:
+    s = summarize(out)
+    cfg = out["config"]
+    lines = [f"GMM benchmark d={cfg['dim']} m={cfg['meas']}, {len(cfg['seeds'])} seeds, {cfg['steps']} steps, "
+             f"{cfg['samples']} samples, CMI {cfg['cmi']['estimator']}/{cfg['cmi']['kinv']}",
+             f"{'method':<12} {'SW2 mean +- 95%':>20} {'seconds':>16} {'ms/step':>8} {'params':<24}"]
+    for m, v in s["methods"].items():
+        mu, ci = v["sw2"]
+        sm, sci = v["seconds"]
+        kw = rule_params(m, cfg)
+        if m.startswith("cmi+"):
+            kw["eta"] = cfg["eta"][base_of(m)]
+        div = f" ({v['diverged']} diverged)" if v["diverged"] else ""
+        lines.append(f"{m:<12} {mu:>10.4f} +- {ci:<7.4f} {sm:>7.2f} +- {sci:<5.2f} {1000 * v['sec_per_step']:>8.2f} "
+                     f"{', '.join(f'{k}={w:g}' for k, w in kw.items())}{div}")
+    fm, fci = s["floor"]
+    lines.append(f"{'floor':<12} {fm:>10.4f} +- {fci:<7.4f}")
+    if s["paired"]:
+        lines.append(f"{'paired':<12} {'CMI+X wins/n':>13} {'mean SW2(CMI+X) - SW2(X) +- 95%':>34} {'cost ratio':>11}")
+        for x, p in s["paired"].items():
+            dm, dci = p["diff"]
+            lines.append(f"{'cmi+' + x + ' vs ' + x:<18} {p['wins']:>3}/{p['n']:<3} {dm:>+14.4f} +- {dci:<10.4f} "
+                         f"{p['cost_ratio']:>9.2f}x")
+    return "\n".join(lines)
+
+
+# --- command line ----------------------------------------------------------------------------------
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def add_gmm_parser(bench_subparsers) -> argparse.ArgumentParser:
+    """Add ``gmm`` to the subparsers of the ``bench`` command group (``set_defaults(func=run_gmm)``)."""
+    p = bench_subparsers.add_parser(
+        "gmm", help="exact-posterior Gaussian-mixture benchmark (MCGdiff): sliced Wasserstein-2 to the posterior",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dim", type=int, default=8, help="d, the signal dimension")
+    p.add_argument("--meas", type=int, default=2, help="m, the number of measurements")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="problem seeds")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--steps", type=int, default=100, help="reverse steps (respaced DDPM)")
+    p.add_argument("--samples", type=int, default=1000, help="samples per method (one batch)")
+    p.add_argument("--ref-samples", type=int, default=1000, help="exact posterior samples (reference and floor)")
+    p.add_argument("--directions", type=int, default=1000, help="random directions of the sliced Wasserstein")
+    p.add_argument("--direction-seed", type=int, default=0)
+    p.add_argument("--zeta-dps", type=float, default=DEFAULT_STEP["dps"], help="DPS step size")
+    p.add_argument("--weight-pigdm", type=float, default=DEFAULT_STEP["pigdm"], help="PiGDM guidance weight")
+    p.add_argument("--zeta-mcg", type=float, default=DEFAULT_STEP["mcg"], help="MCG gradient step size")
+    p.add_argument("--gamma-dsg", type=float, default=DEFAULT_STEP["dsg"], help="DSG guidance rate")
+    p.add_argument("--interval-dsg", type=int, default=1, help="DSG guidance interval")
+    p.add_argument("--eta", type=float, default=0.1, help="CMI step size for every CMI+X")
+    for b in BASELINES:
+        p.add_argument(f"--eta-{b}", type=float, default=None, help=f"CMI step size for cmi+{b} (overrides --eta)")
+    p.add_argument("--cmi", default="lowrank", choices=ESTIMATORS, help="CMI gradient estimator")
+    p.add_argument("--kinv", default="isotropic", choices=KINV, help="how K^-1 is applied")
+    p.add_argument("--cg-iters", type=int, default=10)
+    p.add_argument("--probes", type=int, default=1)
+    p.add_argument("--eta-schedule", default="constant", choices=ETA_SCHEDULES)
+    p.add_argument("--tune-seeds", type=int, nargs="*", default=None,
+                   help="tune step sizes, then etas, on these seeds first (keep them apart from --seeds)")
+    for b in BASELINES:
+        p.add_argument(f"--grid-{b}", type=_floats, default=DEFAULT_GRID[b],
+                       help=f"{STEP_PARAM[b]} grid for {b} (comma-separated; default {DEFAULT_GRID[b]})")
+    p.add_argument("--eta-grid", type=_floats, default=DEFAULT_ETA_GRID, help="eta grid for the CMI+X")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_gmm)
+    return p
+
+
+def settings_from_args(args) -> dict:
+    eta = {b: (getattr(args, f"eta_{b}") if getattr(args, f"eta_{b}") is not None else args.eta) for b in BASELINES}
+    return {"dim": args.dim, "meas": args.meas, "steps": args.steps, "samples": args.samples,
+            "ref_samples": args.ref_samples, "directions": args.directions, "direction_seed": args.direction_seed,
+            "step": {"dps": args.zeta_dps, "pigdm": args.weight_pigdm, "mcg": args.zeta_mcg, "dsg": args.gamma_dsg},
+            "step_param": dict(STEP_PARAM), "dsg_interval": args.interval_dsg, "eta": eta,
+            "cmi": {"estimator": args.cmi, "kinv": args.kinv, "cg_iters": args.cg_iters, "probes": args.probes,
+                    "eta_schedule": args.eta_schedule},
+            "dtype": "float64", "sampler": "DDPM ancestral (respaced)", "torch": torch.__version__}
+
+
+def run_gmm(args) -> dict:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    if args.tune_seeds and set(args.tune_seeds) & set(args.seeds):
+        raise SystemExit("--tune-seeds must be disjoint from --seeds")
+    params = settings_from_args(args)
+    tuning = None
+    t0 = time.perf_counter()
+    if args.tune_seeds:
+        grids = {b: getattr(args, f"grid_{b}") for b in BASELINES}
+        tuning = tune(params, methods, args.tune_seeds, grids, args.eta_grid, progress=not args.no_progress)
+        tuning["seconds"] = time.perf_counter() - t0
+    out = run_benchmark(params, methods, args.seeds, progress=not args.no_progress)
+    if tuning is not None:
+        out["config"]["tuning"] = tuning
+    out["config"]["total_seconds"] = time.perf_counter() - t0
+    print(format_table(out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"wrote {args.json}")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="cmidps bench")
+    add_gmm_parser(parser.add_subparsers(dest="bench", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Tables of a benchmark: mean ± 95% interval per (task, method), best marked, CMI+X − X differences.
+
+The input is a list of flat records (dicts), one per unit of measurement: for per-image metrics one per
+(image, seed) job, for set-level metrics (FID, KID, FDD) one per seed. Every record has ``task`` and
+``method`` and the metric values it carries; the other keys (``image``, ``seed``) identify the unit and
+pair a ``cmi+X`` record with its ``X`` record.
+
+* ``mean_ci(values)`` -> ``(mean, half_width, n)`` with half width ``1.96 sd / sqrt(n)`` (``sd`` with
+  ``n - 1``; ``nan`` for ``n < 2``);
+* ``summarize(records, metrics)`` -> ``{(task, method): {metric: (mean, hw, n)}}``;
+* ``cmi_differences(records, metrics, pair_keys)`` -> ``{(task, "cmi+X"): {metric: (mean, hw, n)}}``,
+  the paired differences ``CMI+X − X`` over the units both methods have;
+* ``write_tables(out_dir, ...)`` writes ``table.md`` and ``table.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+# metric -> (label, higher is better, format)
+METRIC_INFO = {
+    "psnr": ("PSNR (dB)", True, ".2f"),
+    "ssim": ("SSIM", True, ".4f"),
+    "lpips": ("LPIPS", False, ".4f"),
+    "lpips_alex": ("LPIPS-alex", False, ".4f"),
+    "lpips_vgg": ("LPIPS-vgg", False, ".4f"),
+    "digit_correct": ("digit acc.", True, ".3f"),
+    "digit_accuracy": ("digit acc. (set)", True, ".3f"),
+    "fid": ("FID", False, ".2f"),
+    "kid": ("KID", False, ".4f"),
+    "fdd": ("FDD (digit feat.)", False, ".3f"),
+}
+
+Z95 = 1.96
+
+
+def metric_label(name: str) -> str:
+    label, higher, _ = METRIC_INFO.get(name, (name, True, ".4g"))
+    return f"{label} {'↑' if higher else '↓'}"
+
+
+def higher_is_better(name: str) -> bool:
+    return METRIC_INFO.get(name, (name, True, ".4g"))[1]
+
+
+def _fmt(name: str, v: float, sign: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "nan"
+    spec = METRIC_INFO.get(name, (name, True, ".4g"))[2]
+    return format(v, ("+" if sign else "") + spec)
+
+
+def mean_ci(values) -> tuple[float, float, int]:
+    """Mean, 95% half width ``1.96 sd / sqrt(n)`` (sample sd), and n. ``nan`` half width for n < 2."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = math.fsum(vals) / n
+    if n < 2:
+        return mean, math.nan, n
+    var = math.fsum((v - mean) ** 2 for v in vals) / (n - 1)
+    return mean, Z95 * math.sqrt(var) / math.sqrt(n), n
+
+
+def summarize(records, metrics) -> dict:
+    """``{(task, method): {metric: (mean, hw, n)}}`` over the records carrying each metric."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    return {key: {m: mean_ci([r[m] for r in rs if r.get(m) is not None]) for m in metrics
+                  if any(r.get(m) is not None for r in rs)}
+            for key, rs in groups.items()}
+
+
+def cmi_differences(records, metrics, pair_keys=("image", "seed")) -> dict:
+    """Paired ``CMI+X − X`` per task: ``{(task, "cmi+X"): {metric: (mean, hw, n)}}``.
+
+    A ``cmi+X`` record is paired with the ``X`` record of the same task and the same ``pair_keys``;
+    units that only one of the two methods has are left out.
+    """
+    index = {}
+    for r in records:
+        index[(r["task"], r["method"], tuple(r.get(k) for k in pair_keys))] = r
+    out: dict = {}
+    for (task, method, unit), r in index.items():
+        if not method.startswith("cmi+"):
+            continue
+        base = index.get((task, method[4:], unit))
+        if base is None:
+            continue
+        for m in metrics:
+            if r.get(m) is not None and base.get(m) is not None:
+                out.setdefault((task, method), {}).setdefault(m, []).append(float(r[m]) - float(base[m]))
+    return {key: {m: mean_ci(v) for m, v in d.items()} for key, d in out.items()}
+
+
+def _order(keys, tasks, methods):
+    t_rank = {t: i for i, t in enumerate(tasks or [])}
+    m_rank = {m: i for i, m in enumerate(methods or [])}
+    return sorted(keys, key=lambda k: (t_rank.get(k[0], len(t_rank)), k[0], m_rank.get(k[1], len(m_rank)), k[1]))
+
+
+def best_per_task(summary: dict, metrics) -> set:
+    """The (task, method, metric) cells holding the best mean of their task (ties all marked)."""
+    best = set()
+    tasks = {t for t, _ in summary}
+    for m in metrics:
+        for t in tasks:
+            cells = [(meth, s[m][0]) for (tt, meth), s in summary.items()
+                     if tt == t and m in s and not math.isnan(s[m][0])]
+            if len(cells) < 2:
+                continue
+            target = (max if higher_is_better(m) else min)(v for _, v in cells)
+            best.update((t, meth, m) for meth, v in cells if v == target)
+    return best
+
+
+def _cell(name, stat, bold=False, sign=False) -> str:
+    mean, hw, n = stat
+    text = _fmt(name, mean, sign) + ("" if math.isnan(hw) else f" ± {_fmt(name, hw)}")
+    if sign and not math.isnan(hw) and abs(mean) > hw:
+        text += " *"
+    return f"**{text}**" if bold else text
+
+
+def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=None, skipped=None,
+                    title="Benchmark", notes=()) -> str:
+    """The markdown text of ``table.md``."""
+    metrics = [m for m in metrics if any(m in s for s in summary.values())]
+    best = best_per_task(summary, metrics)
+    lines = [f"# {title}", ""]
+    lines += list(notes) + ([""] if notes else [])
+    lines += ["Mean ± 95% interval (1.96 sd / sqrt(n)); per-image metrics over images x seeds, set-level "
+              "metrics (FID, KID, FDD) over seeds. **Bold**: best of its task.", ""]
+    head = ["task", "method"] + [metric_label(m) for m in metrics] + ["n"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for key in _order(summary, tasks, methods):
+        s = summary[key]
+        n = max((s[m][2] for m in s), default=0)
+        cells = [_cell(m, s[m], (key[0], key[1], m) in best) if m in s else "–" for m in metrics]
+        lines.append("| " + " | ".join([key[0], key[1], *cells, str(n)]) + " |")
+    if diffs:
+        lines += ["", "## CMI+X − X (paired)", "",
+                  "Mean paired difference ± 95% interval over the units both methods have (the same image, "
+                  "seed, measurement and sampler noise). `*`: the interval excludes 0. For ↓ metrics a "
+                  "negative difference is an improvement.", ""]
+        head = ["task", "difference"] + [metric_label(m) for m in metrics] + ["n pairs"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for key in _order(diffs, tasks, methods):
+            d = diffs[key]
+            n = max((d[m][2] for m in d), default=0)
+            cells = [_cell(m, d[m], sign=True) if m in d else "–" for m in metrics]
+            lines.append("| " + " | ".join([key[0], f"{key[1]} − {key[1][4:]}", *cells, str(n)]) + " |")
+    lines += ["", "## Skipped metrics", ""]
+    if skipped:
+        lines += [f"- **{name}**: {why}" for name, why in skipped.items()]
+    else:
+        lines.append("none")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(summary: dict, diffs: dict, metrics, tasks=None, methods=None) -> str:
+    """The text of ``table.csv``: one row per (task, method) (``row=method``) and per CMI difference
+    (``row=cmi_difference``, method ``cmi+X - X``); per metric ``_mean``, ``_ci95`` (half width), ``_n``
+    and, for method rows, ``_best`` (1 if best of its task)."""
+    metrics = [m for m in metrics if any(m in s for s in summary.values())]
+    best = best_per_task(summary, metrics)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "task", "method"] + [f"{m}_{k}" for m in metrics for k in ("mean", "ci95", "n", "best")])
+
+    def num(v):
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
+
+    for kind, table in (("method", summary), ("cmi_difference", diffs)):
+        for key in _order(table, tasks, methods):
+            s = table[key]
+            row = [kind, key[0], key[1] if kind == "method" else f"{key[1]} - {key[1][4:]}"]
+            for m in metrics:
+                if m in s:
+                    mean, hw, n = s[m]
+                    flag = "" if kind != "method" else str(int((key[0], key[1], m) in best))
+                    row += [num(mean), num(hw), str(n), flag]
+                else:
+                    row += ["", "", "0", ""]
+            w.writerow(row)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_tables(out_dir, image_records, set_records=(), per_image_metrics=("psnr", "ssim"),
+                 set_metrics=(), tasks=None, methods=None, skipped=None, title="Benchmark",
+                 notes=()) -> dict:
+    """Summarize per-image records (paired by image and seed) and set-level records (paired by seed),
+    write ``table.md`` and ``table.csv`` into ``out_dir`` (atomically). Returns
+    ``{"summary": ..., "differences": ..., "markdown": text}``."""
+    out_dir = Path(out_dir)
+    summary = summarize(image_records, per_image_metrics)
+    diffs = cmi_differences(image_records, per_image_metrics, ("image", "seed"))
+    if set_records:
+        for key, s in summarize(set_records, set_metrics).items():
+            summary.setdefault(key, {}).update(s)
+        for key, d in cmi_differences(set_records, set_metrics, ("seed",)).items():
+            diffs.setdefault(key, {}).update(d)
+    metrics = list(per_image_metrics) + [m for m in set_metrics if m not in per_image_metrics]
+    md = markdown_tables(summary, diffs, metrics, tasks, methods, skipped, title, notes)
+    _atomic_write(out_dir / "table.md", md)
+    _atomic_write(out_dir / "table.csv", csv_table(summary, diffs, metrics, tasks, methods))
+    return {"summary": summary, "differences": diffs, "markdown": md}

@@ -1,0 +1,207 @@
+"""``cmidps bench images`` on a tiny random 16x16 network: outputs, resume, sharding, batching, errors."""
+import cmidps  # noqa: F401
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cmidps.bench.images as bench
+from cmidps.bench.images import BenchError, add_images_parser, load_image_set, read_results, run_images
+from cmidps.images import ImageError
+from cmidps.models.loading import save_network
+from cmidps.models.unet import create_model
+
+TINY = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+            num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
+TASKS, METHODS, SEEDS, N_IMAGES = ["inpaint_random", "sr4"], ["dps", "cmi+dps"], [0, 1], 3
+N_JOBS = len(TASKS) * len(METHODS) * len(SEEDS) * N_IMAGES
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny")
+    save_network(folder, create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for k in range(N_IMAGES):
+        arr = np.zeros((16, 16), np.uint8)
+        arr[3:13, 4 + 2 * k:7 + 2 * k] = 255
+        arr = np.clip(arr + rng.integers(0, 40, (16, 16)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr, "L").save(folder / f"img{k}.png")
+    return folder
+
+
+def _args(model, data, out, *extra):
+    parser = argparse.ArgumentParser()
+    add_images_parser(parser.add_subparsers())
+    return parser.parse_args(["images", "--data", str(data), "--model", str(model), "--tasks", ",".join(TASKS),
+                              "--methods", ",".join(METHODS), "--steps", "2", "--seeds", *map(str, SEEDS),
+                              "--out", str(out), "--batch", "3", "--eta", "0.5", "--quiet", *extra])
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _by_job(out):
+    return {(r["task"], r["method"], r["seed"], r["image"]): r for r in _lines(out / "results.jsonl")}
+
+
+def _assert_same(a, b, tol=1e-6):
+    assert set(a) == set(b)
+    for k in a:
+        for m in ("psnr", "ssim"):
+            assert abs(a[k][m] - b[k][m]) <= tol, (k, m, a[k][m], b[k][m])
+
+
+def _same_images(out_a, out_b):
+    for p in (out_a / "images").rglob("*.png"):
+        q = out_b / p.relative_to(out_a)
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(q))), p
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, data_dir, tmp_path_factory):
+    """One uninterrupted single-process run (batch 3)."""
+    out = tmp_path_factory.mktemp("ref")
+    assert run_images(_args(tiny_model, data_dir, out)) == 0
+    return out
+
+
+def test_full_run_writes_everything(reference):
+    lines = _lines(reference / "results.jsonl")
+    assert len(lines) == N_JOBS
+    keys = [(r["task"], r["method"], r["seed"], r["image"]) for r in lines]
+    assert len(set(keys)) == N_JOBS and keys == sorted(keys)
+    for r in lines:
+        assert {"image", "task", "method", "seed", "steps", "psnr", "ssim", "seconds"} <= set(r)
+        assert r["steps"] == 2 and np.isfinite(r["psnr"])
+        assert (reference / "images" / r["task"] / r["method"] / str(r["seed"]) / f"{r['image']}.png").is_file()
+    md = (reference / "table.md").read_text()
+    assert "| inpaint_random | cmi+dps |" in md and "CMI+X − X" in md and "**" in md
+    assert "## Skipped metrics" in md  # lpips/fid/kid: no weights here, each listed with its reason
+    csv = (reference / "table.csv").read_text().splitlines()
+    assert csv[0].startswith("row,task,method,psnr_mean,psnr_ci95,psnr_n")
+    assert len(csv) == 1 + len(TASKS) * len(METHODS) + len(TASKS)  # methods + CMI differences
+    assert sum(1 for row in csv if row.startswith("method,sr4,")) == 2
+    grid = Image.open(reference / "grid.png")
+    assert grid.size[0] > 4 * 16 and grid.size[1] > 2 * 16
+    cfg = json.loads((reference / "config.json").read_text())
+    assert cfg["settings"]["steps"] == 2 and set(cfg["images"]) == {"img0", "img1", "img2"}
+
+
+def test_resume_after_interrupt_and_torn_line(reference, tiny_model, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    seen = []
+
+    def stop_after_5(rec):
+        seen.append(rec)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_images(_args(tiny_model, data_dir, out), on_job=stop_after_5)
+    assert len(_lines(out / "results.jsonl")) == 5
+    with open(out / "results.jsonl", "a") as f:  # a crash in the middle of a line
+        f.write('{"image": "img2", "task": "sr4", "meth')
+
+    restored = []
+    real_restore = bench.restore
+
+    def counting_restore(*a, **kw):
+        restored.extend((kw["task"], a[3], kw["seed"], it) for it in kw["items"])
+        return real_restore(*a, **kw)
+
+    monkeypatch.setattr(bench, "restore", counting_restore)
+    assert run_images(_args(tiny_model, data_dir, out)) == 0
+    first = {(r["task"], r["method"], r["seed"], r["image"]) for r in seen}
+    assert len(restored) == N_JOBS - 5 and len(set(restored)) == len(restored)  # nothing twice
+    assert not first & set(restored)  # nothing done before is redone
+    _assert_same(_by_job(out), _by_job(reference))  # nothing lost, same numbers
+    assert len(_lines(out / "results.jsonl")) == N_JOBS
+    restored.clear()
+    assert run_images(_args(tiny_model, data_dir, out)) == 0  # all done: only the report
+    assert restored == [] and (out / "table.md").is_file()
+
+
+def test_batch_size_does_not_change_results(reference, tiny_model, data_dir, tmp_path):
+    out = tmp_path / "b1"
+    assert run_images(_args(tiny_model, data_dir, out, "--batch", "1")) == 0
+    _assert_same(_by_job(out), _by_job(reference))
+    _same_images(reference, out)
+    assert {r["batch"] for r in _lines(out / "results.jsonl")} == {1}
+
+
+def test_manual_shards_merge_into_the_single_process_result(reference, tiny_model, data_dir, tmp_path):
+    out = tmp_path / "shards"
+    assert run_images(_args(tiny_model, data_dir, out, "--shard", "0/2")) == 0
+    assert not (out / "table.md").exists()  # the other shard is not done yet
+    assert run_images(_args(tiny_model, data_dir, out, "--shard", "1/2", "--batch", "2")) == 0
+    assert (out / "table.md").is_file()  # the last shard writes the tables
+    _assert_same(_by_job(out), _by_job(reference))
+    # a rerun under another layout (one process) finds everything done and merges the shard files
+    assert run_images(_args(tiny_model, data_dir, out)) == 0
+    assert sorted(p.name for p in out.glob("results*.jsonl")) == ["results.jsonl"]
+    assert len(_lines(out / "results.jsonl")) == N_JOBS
+
+
+def test_torchrun_two_gloo_ranks_match_one_process(reference, tiny_model, data_dir, tmp_path):
+    out = tmp_path / "ddp"
+    argv = ["--data", str(data_dir), "--model", str(tiny_model), "--tasks", ",".join(TASKS), "--methods",
+            ",".join(METHODS), "--steps", "2", "--seeds", *map(str, SEEDS), "--out", str(out), "--batch", "3",
+            "--eta", "0.5", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "cmidps.bench.images", *argv], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _lines(out / "results.jsonl")
+    assert {r["rank"] for r in lines} == {0, 1}  # both ranks worked
+    assert sorted(p.name for p in out.glob("results*.jsonl")) == ["results.jsonl"]  # rank files merged
+    _assert_same(_by_job(out), _by_job(reference))
+    _same_images(reference, out)
+    assert (out / "table.md").is_file() and (out / "grid.png").is_file()
+
+
+def test_changed_settings_are_refused_unless_forced(reference, tiny_model, data_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    with pytest.raises(BenchError, match=r"different settings \(steps: 2 before, 3 now.*--force"):
+        run_images(_args(tiny_model, data_dir, out, "--steps", "3"))
+    assert len(_lines(out / "results.jsonl")) == N_JOBS  # untouched
+    assert run_images(_args(tiny_model, data_dir, out, "--steps", "3", "--force", "--limit", "1", "--tasks", "sr4",
+                            "--methods", "dps", "--seeds", "0")) == 0
+    old = list(out.glob("superseded-*/results.jsonl"))
+    assert len(old) == 1 and len(_lines(old[0])) == N_JOBS
+    assert [r["steps"] for r in _lines(out / "results.jsonl")] == [3]
+
+
+def test_wrong_size_image_is_named(tiny_model, data_dir, tmp_path):
+    data = tmp_path / "mixed"
+    shutil.copytree(data_dir, data)
+    Image.new("L", (20, 16)).save(data / "odd.png")
+    with pytest.raises(ImageError, match=r"odd\.png is 20x16, the model needs 16x16.*--resize"):
+        run_images(_args(tiny_model, data, tmp_path / "out"))
+    assert load_image_set(data, (1, 16, 16), resize=True).get([3]).shape == (1, 1, 16, 16)
+
+
+def test_heldout_digits_and_labels():
+    s = load_image_set("heldout", (1, 32, 32), limit=4)
+    assert len(s) == 4 and s.labels.tolist() == [0, 0, 1, 1] and s.ids[0] == "digit0_901"
+    assert s.get([0, 3]).shape == (2, 1, 32, 32)
+    with pytest.raises(BenchError, match="1x32x32"):
+        load_image_set("heldout", (3, 64, 64))

@@ -1,0 +1,30 @@
+"""The speed benchmark runs, writes its schema, and counts one network evaluation per step."""
+import cmidps  # noqa: F401
+import json
+
+import torch
+
+from cmidps.cli import main
+from cmidps.models.loading import save_network
+from cmidps.models.unet import create_model
+
+TINY = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+            num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
+
+
+def test_bench_speed_schema_and_network_evaluations(tmp_path):
+    torch.manual_seed(0)
+    save_network(tmp_path / "m", create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
+    out = tmp_path / "speed.json"
+    rc = main(["bench", "speed", "--model", str(tmp_path / "m"), "--methods", "dps", "--probes", "1,2",
+               "--timed-steps", "2", "--repeats", "1", "--image-batches", "1,2", "--json", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["network_fwd_bwd_ms"] > 0
+    assert set(res["methods"]) == {"dps", "cmi+dps", "cmi+dps[lowrank,r=2]", "cmi+dps[hutchinson,r=1]",
+                                   "cmi+dps[hutchinson,r=2]"}
+    for entry in res["methods"].values():
+        assert entry["ms_per_step"] > 0
+        # no method calls the denoiser more than once per step (CMI adds backward passes only)
+        assert entry["network_evals_per_step"] == 1.0
+    assert set(res["images_per_second"]["cmi+dps"]) == {"1", "2"}
