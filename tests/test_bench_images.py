@@ -28,7 +28,12 @@ N_JOBS = len(TASKS) * len(METHODS) * len(SEEDS) * N_IMAGES
 def tiny_model(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny")
-    save_network(folder, create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
+    net = create_model(**TINY)
+    with torch.no_grad():  # ADM zero-initialises its output layers; a non-zero eps makes CMI act
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    save_network(folder, net, TINY, channels=1, image_size=16, learn_sigma=False)
     return folder
 
 
@@ -49,7 +54,7 @@ def _args(model, data, out, *extra):
     add_images_parser(parser.add_subparsers())
     return parser.parse_args(["images", "--data", str(data), "--model", str(model), "--tasks", ",".join(TASKS),
                               "--methods", ",".join(METHODS), "--steps", "2", "--seeds", *map(str, SEEDS),
-                              "--out", str(out), "--batch", "3", "--eta", "0.5", "--quiet", *extra])
+                              "--out", str(out), "--batch", "3", "--eta", "0.2", "--quiet", *extra])
 
 
 def _lines(path):
@@ -92,6 +97,8 @@ def test_full_run_writes_everything(reference):
         assert (reference / "images" / r["task"] / r["method"] / str(r["seed"]) / f"{r['image']}.png").is_file()
     md = (reference / "table.md").read_text()
     assert "| inpaint_random | cmi+dps |" in md and "CMI+X − X" in md and "**" in md
+    by = _by_job(reference)
+    assert any(by[(t, "cmi+dps", s, i)]["psnr"] != by[(t, "dps", s, i)]["psnr"] for t, _, s, i in by)
     assert "## Skipped metrics" in md  # lpips/fid/kid: no weights here, each listed with its reason
     csv = (reference / "table.csv").read_text().splitlines()
     assert csv[0].startswith("row,task,method,psnr_mean,psnr_ci95,psnr_n")
@@ -162,7 +169,7 @@ def test_torchrun_two_gloo_ranks_match_one_process(reference, tiny_model, data_d
     out = tmp_path / "ddp"
     argv = ["--data", str(data_dir), "--model", str(tiny_model), "--tasks", ",".join(TASKS), "--methods",
             ",".join(METHODS), "--steps", "2", "--seeds", *map(str, SEEDS), "--out", str(out), "--batch", "3",
-            "--eta", "0.5", "--quiet"]
+            "--eta", "0.2", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)

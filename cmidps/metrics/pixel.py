@@ -13,8 +13,6 @@ Conventions (matched to scikit-image, tested against it):
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
