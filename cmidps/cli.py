@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (a bench run resumes where it stopped: rerun the same command)", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         # Known failure modes (unknown task, shape mismatch, missing checkpoint, divergence) get one

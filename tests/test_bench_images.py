@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import cmidps.bench.images as bench
-from cmidps.bench.images import BenchError, add_images_parser, load_image_set, read_results, run_images
+from cmidps.bench.images import BenchError, add_images_parser, load_image_set, run_images
 from cmidps.images import ImageError
 from cmidps.models.loading import save_network
 from cmidps.models.unet import create_model
@@ -54,7 +54,7 @@ def _args(model, data, out, *extra):
     add_images_parser(parser.add_subparsers())
     return parser.parse_args(["images", "--data", str(data), "--model", str(model), "--tasks", ",".join(TASKS),
                               "--methods", ",".join(METHODS), "--steps", "2", "--seeds", *map(str, SEEDS),
-                              "--out", str(out), "--batch", "3", "--eta", "0.2", "--quiet", *extra])
+                              "--out", str(out), "--batch", "3", "--eta", "0.2", "--dtype", "float64", "--quiet", *extra])
 
 
 def _lines(path):
@@ -152,6 +152,16 @@ def test_batch_size_does_not_change_results(reference, tiny_model, data_dir, tmp
     assert {r["batch"] for r in _lines(out / "results.jsonl")} == {1}
 
 
+def test_float32_batching_agrees_to_rounding(tiny_model, data_dir, tmp_path):
+    small = ("--dtype", "float32", "--tasks", "sr4", "--methods", "cmi+dps", "--seeds", "0")
+    assert run_images(_args(tiny_model, data_dir, tmp_path / "b3", *small)) == 0
+    assert run_images(_args(tiny_model, data_dir, tmp_path / "b1", *small, "--batch", "1")) == 0
+    a, b = _by_job(tmp_path / "b3"), _by_job(tmp_path / "b1")
+    assert len(a) == N_IMAGES and set(a) == set(b)
+    for k in a:  # float32 kernels may round differently for another batch size; the noise is the same
+        assert a[k]["psnr"] == pytest.approx(b[k]["psnr"], rel=1e-4)
+
+
 def test_manual_shards_merge_into_the_single_process_result(reference, tiny_model, data_dir, tmp_path):
     out = tmp_path / "shards"
     assert run_images(_args(tiny_model, data_dir, out, "--shard", "0/2")) == 0
@@ -169,7 +179,7 @@ def test_torchrun_two_gloo_ranks_match_one_process(reference, tiny_model, data_d
     out = tmp_path / "ddp"
     argv = ["--data", str(data_dir), "--model", str(tiny_model), "--tasks", ",".join(TASKS), "--methods",
             ",".join(METHODS), "--steps", "2", "--seeds", *map(str, SEEDS), "--out", str(out), "--batch", "3",
-            "--eta", "0.2", "--quiet"]
+            "--eta", "0.2", "--dtype", "float64", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -197,12 +207,17 @@ def test_changed_settings_are_refused_unless_forced(reference, tiny_model, data_
     assert [r["steps"] for r in _lines(out / "results.jsonl")] == [3]
 
 
-def test_wrong_size_image_is_named(tiny_model, data_dir, tmp_path):
+def test_wrong_size_image_is_named(tiny_model, data_dir, tmp_path, capsys):
     data = tmp_path / "mixed"
     shutil.copytree(data_dir, data)
     Image.new("L", (20, 16)).save(data / "odd.png")
     with pytest.raises(ImageError, match=r"odd\.png is 20x16, the model needs 16x16.*--resize"):
         run_images(_args(tiny_model, data, tmp_path / "out"))
+    from cmidps.cli import main
+
+    assert main(["bench", "images", "--data", str(data), "--model", str(tiny_model), "--out", str(tmp_path / "o"),
+                 "--steps", "2", "--quiet"]) == 2
+    assert "odd.png is 20x16" in capsys.readouterr().err
     assert load_image_set(data, (1, 16, 16), resize=True).get([3]).shape == (1, 1, 16, 16)
 
 
@@ -212,3 +227,17 @@ def test_heldout_digits_and_labels():
     assert s.get([0, 3]).shape == (2, 1, 32, 32)
     with pytest.raises(BenchError, match="1x32x32"):
         load_image_set("heldout", (3, 64, 64))
+
+
+def test_report_statistics():
+    from cmidps.bench.report import cmi_differences, mean_ci, summarize
+
+    mean, hw, n = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert (mean, n) == (2.5, 4) and hw == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
+    assert np.isnan(mean_ci([5.0])[1])
+    recs = [{"task": "sr4", "method": m, "image": i, "seed": 0, "psnr": v}
+            for m, vals in (("dps", [10.0, 12.0, 14.0]), ("cmi+dps", [11.0, 13.5, 14.5])) for i, v in enumerate(vals)]
+    assert summarize(recs, ["psnr"])[("sr4", "dps")]["psnr"][0] == 12.0
+    d = cmi_differences(recs, ["psnr"])[("sr4", "cmi+dps")]["psnr"]
+    assert d[0] == pytest.approx(1.0) and d[2] == 3
+    assert d[1] == pytest.approx(1.96 * np.std([1.0, 1.5, 0.5], ddof=1) / np.sqrt(3))

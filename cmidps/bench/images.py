@@ -28,7 +28,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -287,6 +286,7 @@ def _settings(args, prior, images: ImageSet) -> dict:
         "params": _params(args),
         "cmi": {k: getattr(cmi, k) for k in ("eta", "estimator", "probes", "kinv", "cg_iters", "eta_schedule")},
         "resize": bool(args.resize),
+        "dtype": args.dtype,
         "data": "heldout" if images.source == "heldout" else "folder",
     }
 
@@ -507,7 +507,7 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     p = bench_subparsers.add_parser(
         "images", help="the image benchmark (Table I): tasks x methods x metrics over a folder of images",
         description="Restore every image of --data with every task, method and seed; save the images, one "
-                    "JSON line per job (resumable), and the tables (mean ± 95%% interval, CMI+X − X). "
+                    "JSON line per job (resumable), and the tables (mean ± 95% interval, CMI+X − X). "
                     "Runs under torchrun (one rank per GPU) or with --shard i/n. See docs/benchmarking.md.")
     p.add_argument("--data", required=True,
                    help="a folder of PNG/JPEG images (sorted by name; id = file stem), or 'heldout' (the MNIST "
@@ -534,6 +534,9 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weight", type=float, default=None, help="PiGDM guidance weight")
     p.add_argument("--gamma", type=float, default=None, help="DSG guidance rate")
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="compute precision (float64: results identical across batch sizes and shardings to ~1e-12, "
+                        "slow; for checks)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only shard I of N (job index modulo N), for batch schedulers without torchrun")
     p.add_argument("--force", action="store_true",
@@ -553,6 +556,8 @@ def run_images(args, on_job=None) -> int:
         raise BenchError("--steps must be >= 1")
     if args.batch < 1:
         raise BenchError("--batch must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise BenchError("--limit must be >= 1")
     tasks = _split_list(args.tasks, "tasks", TASKS)
     methods = _methods(args.methods)
     seeds = list(dict.fromkeys(int(s) for s in args.seeds))
@@ -577,6 +582,8 @@ def _run(args, dist: Dist, tasks, methods, seeds, names, on_job) -> int:
     prior = load_prior(args.model, device=device, model_config=args.model_config)
     if len(getattr(prior, "shape", ())) != 3:
         raise BenchError(f"model {args.model!r} is not an image model (sample shape {getattr(prior, 'shape', None)})")
+    if args.dtype != "float32":
+        prior = prior.to(getattr(torch, args.dtype))
     images = load_image_set(args.data, prior.shape, resize=args.resize, limit=args.limit)
     if names is None:
         names = ["psnr", "ssim", "lpips", "fid", "kid"] + (["digits"] if images.labels is not None
@@ -643,6 +650,8 @@ def _run(args, dist: Dist, tasks, methods, seeds, names, on_job) -> int:
                   f"--report-only.", file=sys.stderr)
             return 0
         raise BenchError(f"{len(missing)} jobs are not in the results after the run (e.g. {key(missing[0])})")
+    if args.report_only and len(missing) == len(jobs):
+        raise BenchError(f"no results of these jobs in {out} (nothing to report)")
     merge_results(out, remove_parts=not sharded and not args.report_only)
     _report(args, prior, images, tasks, methods, seeds, jobs, key, per_names, set_names, skipped, device, out)
     return 0
@@ -659,7 +668,7 @@ def _run_jobs(args, dist, prior, images, mine, per_names, skipped, cmi, device, 
             tqdm(total=len(mine), unit="job", desc=desc, disable=not show, dynamic_ncols=True) as bar:
         for task, method, seed, idx in _batches(mine, args.batch):
             items = [images.ids[i] for i in idx]
-            x = images.get(idx).to(device)
+            x = images.get(idx).to(device, getattr(torch, args.dtype))
             op, y = measure(x, task, seed=seed, sigma_y=args.sigma_y, preset=args.preset, items=items)
             t0 = time.perf_counter()
             xhat = restore(prior, op, y, method, steps=args.steps, seed=seed, sigma_y=args.sigma_y, cmi=cmi,
@@ -762,8 +771,8 @@ def _grid(out, prior, images, tasks, methods, seed, args, device) -> None:
     image = images.ids[0]
     rows = []
     for t in tasks:
-        op, y = measure(x.to(device), t, seed=seed, sigma_y=args.sigma_y, preset=args.preset, items=[image])
-        row = [x[0], measurement_image(op, y, images.shape)[0].cpu()]
+        op, y = measure(x.to(device, getattr(torch, args.dtype)), t, seed=seed, sigma_y=args.sigma_y, preset=args.preset, items=[image])
+        row = [x[0], measurement_image(op, y, images.shape)[0].float().cpu()]
         for m in methods:
             p = _image_path(out, t, m, seed, image)
             row.append(load_image(p, images.shape) if p.is_file() else torch.full(images.shape, 0.5))

@@ -158,7 +158,11 @@ def random_adm_prior(image_size: int, device="cpu"):
     torch.manual_seed(0)
     kw = dict(FFHQ_256, image_size=image_size, channel_mult="" if image_size in (32, 64, 128, 256, 512)
               else FFHQ_256["channel_mult"])
-    net = create_model(**kw).eval().requires_grad_(False)
+    net = create_model(**kw).eval()
+    with torch.no_grad():  # ADM zero-initialises its output layer; give it weights so gradients are real
+        for p in net.out.parameters():
+            p.normal_(0.0, 0.02)
+    net.requires_grad_(False)
     return NetworkPrior(net, (3, image_size, image_size), learn_sigma=True, name=f"adm-random:{image_size}").to(device)
 
 
