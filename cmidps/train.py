@@ -194,9 +194,9 @@ def read_loss_csv(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def plot_loss_curve(csv_path, png_path, title: str = "cmidps mnist32: DDPM eps-MSE loss", smooth: int = 20) -> None:
-    """A log-y line plot of the training loss (raw, light; moving average, dark) and the held-out and
-    train-eval losses (markers), drawn with PIL."""
+def plot_loss_curve(csv_path, png_path, title: str = "cmidps mnist32: DDPM eps-MSE loss", smooth: int | None = None) -> None:
+    """A log-y line plot of the training loss (raw, light; geometric moving average over ``smooth`` rows,
+    dark; default 1/40 of the rows) and the held-out and train-eval losses (markers), drawn with PIL."""
     from PIL import Image, ImageDraw, ImageFont
 
     rows = read_loss_csv(csv_path)
@@ -204,10 +204,11 @@ def plot_loss_curve(csv_path, png_path, title: str = "cmidps mnist32: DDPM eps-M
     train = [float(r["train_loss"]) for r in rows]
     ho = [(int(r["step"]), float(r["heldout_loss"])) for r in rows if r.get("heldout_loss")]
     te = [(int(r["step"]), float(r["train_eval_loss"])) for r in rows if r.get("train_eval_loss")]
+    smooth = smooth or max(1, round(len(rows) / 40))
     sm = []
     for k in range(len(train)):
         win = train[max(0, k - smooth + 1): k + 1]
-        sm.append(sum(win) / len(win))
+        sm.append(math.exp(sum(math.log(max(v, 1e-12)) for v in win) / len(win)))
 
     W, H = 900, 560
     L, R, T, B = 80, 30, 50, 60
@@ -259,15 +260,44 @@ def plot_loss_curve(csv_path, png_path, title: str = "cmidps mnist32: DDPM eps-M
     dr.text((W / 2, 18), title, fill="black", font=font, anchor="mm")
     dr.text((W / 2, H - 20), "training step", fill="black", font=font, anchor="mm")
     dr.text((12, T - 18), "loss (log scale)", fill="black", font=font, anchor="lm")
-    lx, ly = W - R - 330, T + 12
-    for label, col in ((f"train minibatch loss (raw, and {smooth}-row moving average)", (20, 70, 180)),
-                       ("train-split eval loss (EMA weights, fixed t/noise)", (0, 150, 0)),
-                       ("held-out (test split) loss (EMA weights, fixed t/noise)", (210, 40, 40))):
+    every = steps[1] - steps[0] if len(steps) > 1 else 1
+    lx, ly = W - R - 420, T + 12
+    for label, col in ((f"train minibatch loss (per {every} steps; dark: {smooth * every}-step moving avg)", (20, 70, 180)),
+                       ("train-split eval loss (EMA weights, fixed t and noise)", (0, 150, 0)),
+                       ("held-out test-split loss (EMA weights, fixed t and noise)", (210, 40, 40))):
         dr.line([(lx, ly), (lx + 20, ly)], fill=col, width=3)
         dr.text((lx + 26, ly), label, fill="black", font=font, anchor="lm")
         ly += 18
     Path(png_path).parent.mkdir(parents=True, exist_ok=True)
     im.save(png_path)
+
+
+def load_trained_prior(model_dir):
+    """A :class:`~cmidps.prior.NetworkPrior` from a training output folder (``model.safetensors`` +
+    ``config.json``), strict key match."""
+    from safetensors.torch import load_file
+
+    from .prior import NetworkPrior
+
+    d = Path(model_dir)
+    cfg = json.loads((d / "config.json").read_text())
+    net = build_model(cfg["create_model"])
+    net.load_state_dict(load_file(str(d / "model.safetensors")), strict=True)
+    net.eval().requires_grad_(False)
+    shape = (cfg.get("channels", 1), cfg["image_size"], cfg["image_size"])
+    return NetworkPrior(net, shape=shape, learn_sigma=cfg.get("learn_sigma", False), name=d.name)
+
+
+def make_figures(model_dir, img_dir, prefix: str = "mnist32", n: int = 64, steps: int = 250, seed: int = 0,
+                 batch_size: int = 64) -> None:
+    """The model-card figures: ``{prefix}_loss.png`` (from ``loss.csv``) and ``{prefix}_samples.png``
+    (``n`` unconditional ancestral DDPM samples on ``steps`` respaced steps, seeded)."""
+    img_dir = Path(img_dir)
+    plot_loss_curve(Path(model_dir) / "loss.csv", img_dir / f"{prefix}_loss.png")
+    prior = load_trained_prior(model_dir)
+    x = sample_unconditional(prior, n, steps, torch.Generator().manual_seed(seed), batch_size=batch_size,
+                             progress=True)
+    save_image_grid(x, img_dir / f"{prefix}_samples.png", nrow=8)
 
 
 # --- I/O ------------------------------------------------------------------------------------------
