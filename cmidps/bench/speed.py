@@ -98,7 +98,7 @@ def method_step(prior, op, y, method: str, cmi: CMIConfig | None, timed_steps: i
 def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, task: str = "sr4",
                 methods=DEFAULT_METHODS, estimators=("lowrank", "hutchinson"), probes=(1, 4),
                 kinv: str = "isotropic", image_batches=(1, 4, 16), steps: int = 100, device="cpu",
-                progress: bool = True) -> dict:
+                progress: bool = True, steps_list=()) -> dict:
     from tqdm.auto import tqdm
 
     x = torch.rand((batch, *prior.shape), generator=torch.Generator().manual_seed(0)).to(device)
@@ -108,7 +108,8 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
         for est in estimators:
             for r in probes:
                 jobs.append((f"cmi+{m}", CMIConfig(eta=0.1, estimator=est, probes=r, kinv=kinv)))
-    bar = tqdm(total=len(jobs) + 1 + 2 * len(image_batches), desc="bench speed", disable=not progress)
+    bar = tqdm(total=len(jobs) + 1 + 2 * len(image_batches) + 2 * len(steps_list), desc="bench speed",
+               disable=not progress)
     net = network_fwd_bwd(prior, batch, device, repeats)
     bar.update()
     out = {"network_fwd_bwd_ms": 1e3 * net, "methods": {}}
@@ -132,8 +133,17 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
             sec, _, _ = method_step(prior, opb, yb, method, CMIConfig(eta=0.1), timed_steps, device, 1)
             ips[method][str(b)] = b / (sec * steps)
             bar.update()
+    full = {}
+    for method in ("dps", "cmi+dps") if steps_list else ():
+        full[method] = {}
+        for n in steps_list:  # whole restorations: seconds against the number of steps
+            sec, _, _ = method_step(prior, op, y, method, CMIConfig(eta=0.1), n, device, 1)
+            full[method][str(n)] = sec * n
+            bar.update()
     bar.close()
     out["images_per_second"] = ips
+    if full:
+        out["seconds_per_restoration"] = full
     out["config"] = {"model": getattr(prior, "name", type(prior).__name__), "shape": list(prior.shape),
                      "batch": batch, "task": task, "timed_steps": timed_steps, "repeats": repeats,
                      "steps_for_images_per_second": steps, "kinv": kinv, "device": str(device)}
@@ -178,6 +188,8 @@ def format_table(res: dict) -> str:
     lines.append(f"images per second ({res['config']['steps_for_images_per_second']} steps):")
     for m, d in res["images_per_second"].items():
         lines.append(f"  {m:<10}" + "  ".join(f"batch {b}: {v:.3f}" for b, v in d.items()))
+    for m, d in res.get("seconds_per_restoration", {}).items():
+        lines.append(f"  seconds per restoration, {m:<8}" + "  ".join(f"{n} steps: {v:.2f}" for n, v in d.items()))
     return "\n".join(lines)
 
 
@@ -194,7 +206,8 @@ def run_speed(args) -> int:
                           estimators=tuple(args.estimators.split(",")),
                           probes=tuple(int(r) for r in args.probes.split(",")), kinv=args.kinv,
                           image_batches=tuple(int(b) for b in args.image_batches.split(",")), steps=args.steps,
-                          device=args.device, progress=not args.quiet)
+                          device=args.device, progress=not args.quiet,
+                          steps_list=tuple(int(n) for n in args.steps_list.split(",")) if args.steps_list else ())
         print(format_table(res))
         results[spec] = res
     out = results[specs[0]] if len(specs) == 1 else {"by_model": results}
@@ -223,6 +236,7 @@ def add_speed_parser(bench) -> None:
     p.add_argument("--probes", default="1,4")
     p.add_argument("--kinv", default="isotropic", choices=["isotropic", "cg"])
     p.add_argument("--image-batches", default="1,4,16")
+    p.add_argument("--steps-list", default="", help="also time whole restorations with these step counts, e.g. 10,50")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None)
     p.add_argument("--quiet", action="store_true")
