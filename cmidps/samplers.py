@@ -49,9 +49,13 @@ def pigdm_guidance(s: StepState) -> torch.Tensor:
     with v = A^T (...)^{-1} (y - A x0_hat) held constant (stop-gradient) and J = d x0_hat / d x_t.
     For a prior N(mu, I) the Gaussian approximation is exact and so is g.
     """
+    return s.vjp(pigdm_direction(s))
+
+
+def pigdm_direction(s: StepState) -> torch.Tensor:
+    """v = A^T (r_t^2 A A^T + sigma_y^2 I)^{-1} (y - A x0_hat), held constant."""
     r2 = 1.0 - s.c.abar
-    v = s.op.A_adjoint(s.op.solve_K(s.residual(), r2, float(s.sigma_y) ** 2)).detach()
-    return s.vjp(v)
+    return s.op.A_adjoint(s.op.solve_K(s.residual(), r2, float(s.sigma_y) ** 2)).detach()
 
 
 def pigdm(s: StepState, weight: float = 1.0) -> torch.Tensor:
@@ -68,7 +72,7 @@ def pigdm(s: StepState, weight: float = 1.0) -> torch.Tensor:
     default, DDIM with ``ddim_eta``) instead of their DDIM step; ``weight`` scales it (1 = Alg. 1).
     """
     r2 = 1.0 - s.c.abar
-    return s.x_prop + weight * math.sqrt(s.c.abar) * r2 * pigdm_guidance(s)
+    return s.guided(pigdm_direction(s), weight * math.sqrt(s.c.abar) * r2)  # x'_{t-1} + w sqrt(abar) r^2 g
 
 
 # --- MCG ------------------------------------------------------------------------------------------
@@ -97,7 +101,7 @@ def mcg(s: StepState, zeta: float = 1.0) -> torch.Tensor:
     general (I - P) x + P(noised A^+ y) with the true pseudo-inverse (the DPS code's version, which uses
     its non-adjoint 'transpose', is wrong for inpainting and blur).
     """
-    return mcg_project(s, s.x_prop - zeta * s.grad_residual_norm())
+    return mcg_project(s, s.guided(s.residual_norm_grad_x0(), -zeta))
 
 
 # --- DSG ------------------------------------------------------------------------------------------
