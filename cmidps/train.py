@@ -372,6 +372,7 @@ def train(args) -> dict:
         mk = model_kwargs_from_args(args)
         hp = {"batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay, "ema": args.ema,
               "warmup": args.warmup, "grad_clip": args.grad_clip, "seed": args.seed, "data": args.data,
+              "eval_n": args.eval_n,
               "args": {k: v for k, v in vars(args).items() if k not in ("func", "command")}}
     if resumed:
         for k in ("batch", "lr", "ema", "seed"):
@@ -400,8 +401,9 @@ def train(args) -> dict:
         print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
     n_params = count_params(net)
 
-    ev_held = FixedEval(x_te, args.eval_n, seed=1234)
-    ev_train = FixedEval(x_tr, args.eval_n, seed=4321)
+    eval_n = hp.get("eval_n", args.eval_n)  # the evaluation set stays fixed across --resume
+    ev_held = FixedEval(x_te, eval_n, seed=1234)
+    ev_train = FixedEval(x_tr, eval_n, seed=4321)
     x_tr_m = to_model(x_tr)
 
     t_start = time.time()
@@ -426,7 +428,7 @@ def train(args) -> dict:
             "final_train_loss_note": f"mean training minibatch loss over the last {len(recent) * args.log_every} steps",
             "heldout_loss": last_held,
             "train_eval_loss": last_train_eval,
-            "eval_note": "EMA weights; fixed set of min(eval_n, N) images with t stratified over [0,1000) and fixed noise",
+            "eval_note": f"EMA weights; a fixed set of min({eval_n}, N) images, t stratified over [0,1000), fixed noise",
             "n_params": n_params,
             "training": {
                 "objective": "DDPM simple loss: MSE of eps prediction, t ~ U{0..999}, linear betas",
@@ -502,9 +504,14 @@ def train(args) -> dict:
         if step % args.ckpt_every == 0 and step < args.steps:
             checkpoint()
     bar.close()
-    if last_held is None or (rows and rows[-1].get("heldout_loss") in (None, "")):
+    if acc_n:  # stopped between two log rows (--time-limit): log the partial window
+        rows.append({"step": step, "train_loss": _fmt(acc / acc_n), "lr": _fmt(lr), "elapsed_s": f"{elapsed():.1f}"})
+    if not rows or rows[-1].get("heldout_loss") in (None, ""):
         last_held = ev_held(ema, abar)
         last_train_eval = ev_train(ema, abar)
+        if rows and int(rows[-1]["step"]) == step:
+            rows[-1]["heldout_loss"] = _fmt(last_held)
+            rows[-1]["train_eval_loss"] = _fmt(last_train_eval)
     cfg = checkpoint(final=True)
     print(json.dumps({"out": str(out), "steps": step, "n_params": n_params,
                       "final_train_loss": cfg["final_train_loss"], "heldout_loss": cfg["heldout_loss"],

@@ -116,6 +116,14 @@ def test_train_tiny_writes_outputs_and_resumes(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
+def test_time_limit_stops_and_logs_the_last_step(tmp_path):
+    _train(tmp_path, "--steps", "50", "--log-every", "10", "--time-limit", "1e-6")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["steps"] == 1 and cfg["heldout_loss"] > 0
+    last = (tmp_path / "loss.csv").read_text().strip().splitlines()[-1].split(",")
+    assert last[0] == "1" and last[3] != ""  # the partial window is logged, with the final evaluation
+
+
 def test_register_cli():
     from cmidps.train import register, run
 
