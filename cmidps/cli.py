@@ -15,7 +15,8 @@ def add_cmi_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CMI plug-in (Algorithm 1, line 8); on for cmi+X methods or with --cmi")
     g.add_argument("--cmi", choices=ESTIMATORS, default=None,
                    help="turn CMI on with this gradient estimator (default for cmi+X methods: lowrank)")
-    g.add_argument("--eta", type=float, default=None, help="CMI step size eta (default 0.1)")
+    g.add_argument("--eta", type=float, default=None,
+                   help="CMI step size eta (default 1e-3, tuned for the bundled 32x32 prior)")
     g.add_argument("--probes", type=int, default=1, help="probes r per step")
     g.add_argument("--kinv", choices=KINV, default="isotropic",
                    help="K^-1: isotropic Sigma_post ~ r_t^2 I (closed form) or cg (exact, denoiser JVPs)")
@@ -26,7 +27,7 @@ def add_cmi_arguments(p: argparse.ArgumentParser) -> None:
 def cmi_config(args):
     from .cmi import CMIConfig
 
-    return CMIConfig(eta=0.1 if args.eta is None else args.eta, estimator=args.cmi or "lowrank",
+    return CMIConfig(eta=CMIConfig.eta if args.eta is None else args.eta, estimator=args.cmi or "lowrank",
                      probes=args.probes, kinv=args.kinv, cg_iters=args.cg_iters, eta_schedule=args.eta_schedule)
 
 

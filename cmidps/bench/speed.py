@@ -107,7 +107,7 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
     for m in methods:
         for est in estimators:
             for r in probes:
-                jobs.append((f"cmi+{m}", CMIConfig(eta=0.1, estimator=est, probes=r, kinv=kinv)))
+                jobs.append((f"cmi+{m}", CMIConfig(estimator=est, probes=r, kinv=kinv)))
     bar = tqdm(total=len(jobs) + 1 + 2 * len(image_batches) + 2 * len(steps_list), desc="bench speed",
                disable=not progress)
     net = network_fwd_bwd(prior, batch, device, repeats)
@@ -130,14 +130,14 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
         for b in image_batches:
             xb = torch.rand((b, *prior.shape), generator=torch.Generator().manual_seed(1)).to(device)
             opb, yb = measure(xb, task, seed=0)
-            sec, _, _ = method_step(prior, opb, yb, method, CMIConfig(eta=0.1), timed_steps, device, 1)
+            sec, _, _ = method_step(prior, opb, yb, method, CMIConfig(), timed_steps, device, 1)
             ips[method][str(b)] = b / (sec * steps)
             bar.update()
     full = {}
     for method in ("dps", "cmi+dps") if steps_list else ():
         full[method] = {}
         for n in steps_list:  # whole restorations: seconds against the number of steps
-            sec, _, _ = method_step(prior, op, y, method, CMIConfig(eta=0.1), n, device, 1)
+            sec, _, _ = method_step(prior, op, y, method, CMIConfig(), n, device, 1)
             full[method][str(n)] = sec * n
             bar.update()
     bar.close()
