@@ -52,10 +52,11 @@ def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int =
             x_pinv = from_model(op.A_pinv(y))
             rows.append({"task": task, "method": "pinv", "psnr": float(psnr(x_pinv, x).mean()),
                          "ssim": float(ssim(x_pinv, x).mean()), "seconds": 0.0, "images": len(x)})
-    for task in tasks:
+    for k, task in enumerate(tasks):  # row k shows image k (mod n), so the figure shows several digits
         op, y, _ = results[(task, methods[0])]
-        grid_rows.append([x[0], measurement_image(op, y, prior.shape)[0]] +
-                         [results[(task, m)][2][0] for m in methods])
+        j = k % len(x)
+        grid_rows.append([x[j], measurement_image(op, y, prior.shape)[j]] +
+                         [results[(task, m)][2][j] for m in methods])
     grid = image_grid(grid_rows, row_labels=list(tasks), col_labels=["truth", "measurement", *methods], scale=4)
     grid.save(out / "grid.png")
     report = {"model": model, "images": [int(i) for i in pick], "labels": [int(v) for v in labels],
