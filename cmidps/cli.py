@@ -105,15 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: gmm (exact posterior), images, speed")
     bench = p.add_subparsers(dest="bench", required=True)
-    import importlib
-    import importlib.util
-
+    from .bench.gmm import add_gmm_parser
+    from .bench.images import add_images_parser
     from .bench.speed import add_speed_parser
 
+    add_gmm_parser(bench)
+    add_images_parser(bench)
     add_speed_parser(bench)
-    for name, fn in (("gmm", "add_gmm_parser"), ("images", "add_images_parser")):  # TODO(lead): plain imports
-        if importlib.util.find_spec(f"cmidps.bench.{name}"):
-            getattr(importlib.import_module(f"cmidps.bench.{name}"), fn)(bench)
 
 
 def main(argv=None) -> int:

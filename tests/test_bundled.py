@@ -37,3 +37,18 @@ def test_bundled_prior_samples_look_like_its_data(prior):
                           progress=False))
     dark = (x < 0.2).float().mean()
     assert 0.6 < float(dark) < 0.97
+
+
+def test_demo_command_writes_grid_and_metrics(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from cmidps.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--steps", "3", "--images", "2", "--quiet"]) == 0
+    rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    assert {(r["task"], r["method"]) for r in rows} == {(t, m) for t in TASKS for m in ("dps", "cmi+dps", "pinv")}
+    assert all(r["psnr"] == r["psnr"] and 0 <= r["ssim"] <= 1 for r in rows)  # finite
+    w, h = Image.open(tmp_path / "grid.png").size
+    assert w > 4 * 32 * 4 and h > 5 * 32 * 4  # 4 columns and 5 task rows at 4x scale

@@ -1,12 +1,6 @@
-"""Benchmarks: ``cmidps bench gmm`` (exact-posterior Gaussian mixtures; :mod:`cmidps.bench.gmm`)."""
-from __future__ import annotations
+"""Benchmarks, wired into ``cmidps bench`` by :mod:`cmidps.cli`:
 
-
-def register(subparsers):
-    """Add the ``bench`` command group (with ``gmm``) to the CLI's top-level subparsers."""
-    from .gmm import add_gmm_parser
-
-    bench = subparsers.add_parser("bench", help="benchmarks")
-    sub = bench.add_subparsers(dest="bench", required=True)
-    add_gmm_parser(sub)
-    return sub
+* ``gmm`` (:mod:`cmidps.bench.gmm`): exact-posterior Gaussian mixtures, sliced Wasserstein-2.
+* ``images`` (:mod:`cmidps.bench.images`): tasks x methods x metrics over image folders, resumable, sharded.
+* ``speed`` (:mod:`cmidps.bench.speed`): the cost of a step against the bare network.
+"""
