@@ -1,13 +1,13 @@
 """The Gaussian-mixture benchmark: sliced Wasserstein, the fast prior, the problem, a tiny CLI run."""
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
-import argparse
 import json
 import math
 
 import pytest
 import torch
 
-from cmidps.bench import gmm, register
+from cmidps.bench import gmm
+from cmidps.cli import build_parser
 from cmidps.prior import GaussianMixturePrior
 
 D = torch.float64
@@ -66,9 +66,7 @@ def test_problem_follows_the_recipe():
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="cmidps")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_tiny_run_writes_valid_json(tmp_path, capsys):
