@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .cmi import CMIConfig, cmi_objective
 from .diffusion import StepCoefficients, learned_log_variance, x0_from_eps
-from .linalg import bdot, bview
+from .linalg import bview
 
 
 class SamplingDiverged(RuntimeError):
@@ -166,8 +166,3 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
         x = x_new
     return x.detach()
 
-
-def residual_norm(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """||y - A x|| per sample."""
-    r = y - op.A(x)
-    return bdot(r, r).sqrt()
