@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from .linalg import batched_cg
+
 from .motion import motion_kernel
 
 Tensor = torch.Tensor
@@ -105,26 +107,7 @@ class LinearOperator(torch.nn.Module):
         def K(u: Tensor) -> Tensor:
             return s2_ * u + r2_ * self.A(self.A_adjoint(u))
 
-        u = torch.zeros_like(v)
-        res = v.clone()
-        p = res.clone()
-        rs = _batch_dot(res, res)
-        stop = (tol * _batch_dot(v, v).sqrt()) ** 2
-        bshape = (-1,) + (1,) * (v.ndim - 1)
-        for _ in range(maxiter):
-            active = rs > stop
-            if not bool(active.any()):
-                break
-            Kp = K(p)
-            pKp = _batch_dot(p, Kp)
-            alpha = torch.where(active & (pKp > 0), rs / torch.where(pKp > 0, pKp, torch.ones_like(pKp)), 0.0)
-            u = u + alpha.view(bshape) * p
-            res = res - alpha.view(bshape) * Kp
-            rs_new = _batch_dot(res, res)
-            beta = torch.where(active, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), 0.0)
-            p = res + beta.view(bshape) * p
-            rs = torch.where(active, rs_new, rs)
-        return u
+        return batched_cg(K, v, tol=tol, maxiter=maxiter)
 
     def extra_repr(self) -> str:
         return f"x_shape={self.x_shape}, y_shape={self.y_shape}"

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 import torch
-import torch.nn.functional as F
 
 from .diffusion import Schedule, x0_from_eps
 from .prior import from_model, to_model

@@ -787,21 +787,12 @@ def _grid(out, prior, images, tasks, methods, seed, args, device) -> None:
 def main(argv=None) -> int:
     """``python -m cmidps.bench.images ...`` (also under ``torchrun -m cmidps.bench.images``): the same
     as ``cmidps bench images ...``."""
-    parser = argparse.ArgumentParser(prog="cmidps bench")
-    sub = parser.add_subparsers(dest="bench", required=True)
-    add_images_parser(sub)
+    from ..cli import main as cli_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "images":
         argv = ["images", *argv]
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli_main(["bench", *argv])
 
 
 if __name__ == "__main__":
