@@ -36,7 +36,7 @@ DEFAULT_PARAMS = {
         "dsg": {"*": {"gamma": 0.2, "interval": 1}},
     },
     "small": {
-        "dps": {"inpaint_random": {"zeta": 2.0}, "inpaint_box": {"zeta": 2.0}, "deblur_gauss": {"zeta": 2.0},
+        "dps": {"inpaint_random": {"zeta": 8.0}, "inpaint_box": {"zeta": 2.0}, "deblur_gauss": {"zeta": 4.0},
                 "deblur_motion": {"zeta": 4.0}, "sr4": {"zeta": 8.0}},
         "pigdm": {"*": {"weight": 1.0}},
         "mcg": {"*": {"zeta": 2.0}},
