@@ -29,26 +29,34 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _reset_peak(device) -> None:
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak(device) -> bool:
+    """Reset the peak-memory counter; False where that is not possible (then no peak is reported)."""
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    else:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
+        return True
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM) to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    hwm, rss = _status_kb("VmHWM"), _status_kb("VmRSS")
+    return hwm is not None and rss is not None and hwm <= 1.02 * rss
 
 
 def _peak_mb(device) -> float | None:
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB -> MB (whole process: weights included)
-    except OSError:
-        pass
-    return None
+    hwm = _status_kb("VmHWM")
+    return None if hwm is None else hwm / 1024  # whole process (weights included)
 
 
 def _median_seconds(fn, repeats: int, device) -> float:
@@ -89,10 +97,10 @@ def method_step(prior, op, y, method: str, cmi: CMIConfig | None, timed_steps: i
         sample(prior, op, y, rule, timed_steps, torch.Generator().manual_seed(0), cmi=cmi if use_cmi else None,
                cmi_generator=torch.Generator().manual_seed(1), progress=False)
 
-    _reset_peak(device)
+    reset = _reset_peak(device)
     sec = _median_seconds(run, repeats, device) / timed_steps
     nfe = (getattr(prior, "nfe", 0) - nfe0) / ((repeats + 1) * timed_steps)
-    return sec, _peak_mb(device), nfe
+    return sec, _peak_mb(device) if reset else None, nfe
 
 
 def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, task: str = "sr4",
