@@ -158,6 +158,7 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
                 objective = cmi.eta_at(c) * cmi_objective(x, x0_hat, c, op, sigma_y, cmi, cmi_generator)
             state = StepState(c, x, x0_hat, eps, mean, std, z, x_prop.detach(), op, y, sigma_y, objective)
             x_new = rule(state).detach()  # 5. the sampler's rule
+            del state, objective, eps, x0_hat, var_values  # free this step's graphs before the next forward
         if not torch.isfinite(x_new).all():
             bad = (~torch.isfinite(x_new.flatten(1))).any(1).nonzero().flatten().tolist()
             raise SamplingDiverged(
