@@ -29,29 +29,30 @@ def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int =
     out.mkdir(parents=True, exist_ok=True)
     prior = load_prior(model)
     images, labels = load_heldout()
-    # A spread of digits: every other held-out image (they come two per class, in class order).
+    # A spread of digits: evenly spaced held-out images (they come two per class, in class order).
     pick = torch.arange(0, len(images), max(1, len(images) // n_images))[:n_images]
     x, labels = images[pick], labels[pick]
     rows, grid_rows = [], []
-    jobs = [(task, method) for task in tasks for method in methods]
-    bar = tqdm(jobs, desc="demo", disable=not progress)
+    bar = tqdm(total=len(tasks) * len(methods), desc="demo", disable=not progress)
     results = {}
-    for task, method in bar:
-        bar.set_postfix_str(f"{task} {method}")
-        op, y = measure(x, task, seed=seed)
-        t0 = time.perf_counter()
-        x_hat = restore(prior, op, y, method, steps=steps, seed=seed, cmi=cmi, task=task, progress=False)
-        seconds = time.perf_counter() - t0
-        results[(task, method)] = (op, y, x_hat)
-        p, s = psnr(x_hat, x), ssim(x_hat, x)
-        row = {"task": task, "method": method, "psnr": float(p.mean()), "ssim": float(s.mean()),
-               "psnr_per_image": [round(float(v), 3) for v in p], "ssim_per_image": [round(float(v), 4) for v in s],
-               "seconds": round(seconds, 2), "images": len(x), "steps": steps, "seed": seed}
-        rows.append(row)
-        if method == methods[0]:  # the pseudo-inverse A^+ y: the floor any prior must beat
-            x_pinv = from_model(op.A_pinv(y))
-            rows.append({"task": task, "method": "pinv", "psnr": float(psnr(x_pinv, x).mean()),
-                         "ssim": float(ssim(x_pinv, x).mean()), "seconds": 0.0, "images": len(x)})
+    for task in tasks:
+        op, y = measure(x, task, seed=seed)  # one measurement per task, shared by the methods
+        x_pinv = from_model(op.A_pinv(y))  # the pseudo-inverse A^+ y: the floor any prior must beat
+        rows.append({"task": task, "method": "pinv", "psnr": float(psnr(x_pinv, x).mean()),
+                     "ssim": float(ssim(x_pinv, x).mean()), "seconds": 0.0, "images": len(x)})
+        for method in methods:
+            bar.set_postfix_str(f"{task} {method}")
+            t0 = time.perf_counter()
+            x_hat = restore(prior, op, y, method, steps=steps, seed=seed, cmi=cmi, task=task, progress=False)
+            seconds = time.perf_counter() - t0
+            results[(task, method)] = (op, y, x_hat)
+            p, s = psnr(x_hat, x), ssim(x_hat, x)
+            rows.append({"task": task, "method": method, "psnr": float(p.mean()), "ssim": float(s.mean()),
+                         "psnr_per_image": [round(float(v), 3) for v in p],
+                         "ssim_per_image": [round(float(v), 4) for v in s],
+                         "seconds": round(seconds, 2), "images": len(x), "steps": steps, "seed": seed})
+            bar.update()
+    bar.close()
     for k, task in enumerate(tasks):  # row k shows image k (mod n), so the figure shows several digits
         op, y, _ = results[(task, methods[0])]
         j = k % len(x)
