@@ -24,6 +24,18 @@ def add_cmi_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eta-schedule", choices=ETA_SCHEDULES, default="constant")
 
 
+def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
+    """Noise, task preset and the samplers' step sizes, shared by restore and bench images."""
+    from .restore import SIGMA_Y
+
+    p.add_argument("--sigma-y", type=float, default=SIGMA_Y, help="measurement noise std in [-1, 1]")
+    p.add_argument("--preset", default=None, choices=["paper", "dps", "small"],
+                   help="task settings (default: paper for >= 128 px images, small otherwise)")
+    p.add_argument("--zeta", type=float, default=None, help="DPS/MCG step size (default per task)")
+    p.add_argument("--weight", type=float, default=None, help="PiGDM guidance weight")
+    p.add_argument("--gamma", type=float, default=None, help="DSG guidance rate")
+
+
 def cmi_config(args):
     from .cmi import CMIConfig
 
@@ -72,12 +84,7 @@ def _add_restore(sub) -> None:
                    help="ADM configuration of a .pt checkpoint (default: guessed from its keys)")
     p.add_argument("--steps", type=int, default=100, help="respaced reverse steps (the paper: 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise std in [-1, 1]")
-    p.add_argument("--preset", default=None, choices=["paper", "dps", "small"],
-                   help="task settings (default: paper for >= 128 px images, small otherwise)")
-    p.add_argument("--zeta", type=float, default=None, help="DPS/MCG step size")
-    p.add_argument("--weight", type=float, default=None, help="PiGDM guidance weight")
-    p.add_argument("--gamma", type=float, default=None, help="DSG guidance rate")
+    add_measurement_arguments(p)
     p.add_argument("--resize", action="store_true", help="resize an image of the wrong size")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output PNG of the restoration")

@@ -38,7 +38,7 @@ import torch
 
 from ..images import IMAGE_SUFFIXES, ImageError, image_grid, load_image, save_image
 from ..operators import TASKS
-from ..restore import SIGMA_Y, measure, measurement_image, parse_method, restore
+from ..restore import measure, measurement_image, parse_method, restore
 
 __all__ = ["add_images_parser", "run_images", "main", "BenchError", "ImageSet", "load_image_set",
            "read_results", "merge_results", "job_key"]
@@ -502,7 +502,7 @@ def _image_metrics(out, x, names, labels, skipped) -> dict:
 # --- the command --------------------------------------------------------------------------------------
 def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     """Register ``images`` under ``cmidps bench``."""
-    from ..cli import add_cmi_arguments
+    from ..cli import add_cmi_arguments, add_measurement_arguments
 
     p = bench_subparsers.add_parser(
         "images", help="the image benchmark (Table I): tasks x methods x metrics over a folder of images",
@@ -527,12 +527,7 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated from {', '.join(METRIC_CHOICES)} (psnr and ssim are always "
                         f"computed; default psnr,ssim,lpips,fid,kid, plus digits for --data heldout)")
-    p.add_argument("--sigma-y", type=float, default=SIGMA_Y, help="measurement noise std in [-1, 1]")
-    p.add_argument("--preset", default=None, choices=["paper", "dps", "small"],
-                   help="task settings (default: paper for >= 128 px images, small otherwise)")
-    p.add_argument("--zeta", type=float, default=None, help="DPS/MCG step size (default per task)")
-    p.add_argument("--weight", type=float, default=None, help="PiGDM guidance weight")
-    p.add_argument("--gamma", type=float, default=None, help="DSG guidance rate")
+    add_measurement_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="compute precision (float64: results identical across batch sizes and shardings to ~1e-12, "
