@@ -50,11 +50,6 @@ def _safe_reciprocal(den: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(den), 1.0 / torch.where(zero, torch.ones_like(den), den))
 
 
-def _batch_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample inner products ``(B,)``."""
-    return (a * b).flatten(1).sum(1)
-
-
 # ----------------------------------------------------------------------------------------- base class
 class LinearOperator(torch.nn.Module):
     """A linear map ``A: R^{x_shape} -> R^{y_shape}`` applied to batches.

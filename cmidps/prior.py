@@ -128,10 +128,6 @@ class GaussianMixturePrior:
         d = x.shape[-1]
         return -0.5 * (z**2).sum(-1) - 0.5 * logdet[None] - 0.5 * d * math.log(2 * math.pi)
 
-    def log_prob_t(self, x_t: torch.Tensor, abar: float) -> torch.Tensor:
-        means, covs = self._diffused(abar)
-        return torch.logsumexp(self._log_gauss(x_t, means, covs) + torch.log(self.weights)[None], dim=1)
-
     def score(self, x_t: torch.Tensor, abar: float) -> torch.Tensor:
         """grad log p_t, closed form (differentiable, so autograd gives its derivatives)."""
         if self.isotropic:

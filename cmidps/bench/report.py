@@ -127,6 +127,11 @@ def _cell(name, stat, bold=False, sign=False) -> str:
     return f"**{text}**" if bold else text
 
 
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=None, skipped=None,
                     title="Benchmark", notes=()) -> str:
     """The markdown text of ``table.md``."""
@@ -136,27 +141,25 @@ def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=Non
     lines += list(notes) + ([""] if notes else [])
     lines += ["Mean ± 95% interval (1.96 sd / sqrt(n)); per-image metrics over images x seeds, set-level "
               "metrics (FID, KID, FDD) over seeds. **Bold**: best of its task.", ""]
-    head = ["task", "method"] + [metric_label(m) for m in metrics] + ["n"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    rows = []
     for key in _order(summary, tasks, methods):
         s = summary[key]
         n = max((s[m][2] for m in s), default=0)
         cells = [_cell(m, s[m], (key[0], key[1], m) in best) if m in s else "–" for m in metrics]
-        lines.append("| " + " | ".join([key[0], key[1], *cells, str(n)]) + " |")
+        rows.append([key[0], key[1], *cells, str(n)])
+    lines += _md_table(["task", "method"] + [metric_label(m) for m in metrics] + ["n"], rows)
     if diffs:
         lines += ["", "## CMI+X − X (paired)", "",
                   "Mean paired difference ± 95% interval over the units both methods have (the same image, "
                   "seed, measurement and sampler noise). `*`: the interval excludes 0. For ↓ metrics a "
                   "negative difference is an improvement.", ""]
-        head = ["task", "difference"] + [metric_label(m) for m in metrics] + ["n pairs"]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
+        rows = []
         for key in _order(diffs, tasks, methods):
             d = diffs[key]
             n = max((d[m][2] for m in d), default=0)
             cells = [_cell(m, d[m], sign=True) if m in d else "–" for m in metrics]
-            lines.append("| " + " | ".join([key[0], f"{key[1]} − {key[1][4:]}", *cells, str(n)]) + " |")
+            rows.append([key[0], f"{key[1]} − {key[1][4:]}", *cells, str(n)])
+        lines += _md_table(["task", "difference"] + [metric_label(m) for m in metrics] + ["n pairs"], rows)
     lines += ["", "## Skipped metrics", ""]
     if skipped:
         lines += [f"- **{name}**: {why}" for name, why in skipped.items()]
