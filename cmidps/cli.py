@@ -1,4 +1,8 @@
-"""The ``cmidps`` command line: restore, demo, train, bench."""
+"""The ``cmidps`` command line: restore, demo, train, bench.
+
+The entry point only: it registers the commands and runs one; nothing imports it. The shared options
+and the error handling are in :mod:`cmidps.cli_options`.
+"""
 from __future__ import annotations
 
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
@@ -7,40 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def add_cmi_arguments(p: argparse.ArgumentParser) -> None:
-    """The CMI plug-in's options, shared by every command that samples."""
-    from .cmi import ESTIMATORS, ETA_SCHEDULES, KINV
-
-    g = p.add_argument_group("CMI plug-in (Algorithm 1, line 8); on for cmi+X methods or with --cmi")
-    g.add_argument("--cmi", choices=ESTIMATORS, default=None,
-                   help="turn CMI on with this gradient estimator (default for cmi+X methods: lowrank)")
-    g.add_argument("--eta", type=float, default=None,
-                   help="CMI step size eta (default 1e-3, tuned for the bundled 32x32 prior)")
-    g.add_argument("--probes", type=int, default=1, help="probes r per step")
-    g.add_argument("--kinv", choices=KINV, default="isotropic",
-                   help="K^-1: isotropic Sigma_post ~ r_t^2 I (closed form) or cg (exact, denoiser JVPs)")
-    g.add_argument("--cg-iters", type=int, default=10)
-    g.add_argument("--eta-schedule", choices=ETA_SCHEDULES, default="constant")
-
-
-def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
-    """Noise, task preset and the samplers' step sizes, shared by restore and bench images."""
-    from .restore import SIGMA_Y
-
-    p.add_argument("--sigma-y", type=float, default=SIGMA_Y, help="measurement noise std in [-1, 1]")
-    p.add_argument("--preset", default=None, choices=["paper", "dps", "small"],
-                   help="task settings (default: paper for >= 128 px images, small otherwise)")
-    p.add_argument("--zeta", type=float, default=None, help="DPS/MCG step size (default per task)")
-    p.add_argument("--weight", type=float, default=None, help="PiGDM guidance weight")
-    p.add_argument("--gamma", type=float, default=None, help="DSG guidance rate")
-
-
-def cmi_config(args):
-    from .cmi import CMIConfig
-
-    return CMIConfig(eta=CMIConfig.eta if args.eta is None else args.eta, estimator=args.cmi or "lowrank",
-                     probes=args.probes, kinv=args.kinv, cg_iters=args.cg_iters, eta_schedule=args.eta_schedule)
+from .cli_options import add_cmi_arguments, add_measurement_arguments, cmi_config, run_command, step_params
 
 
 def _restore(args) -> int:
@@ -54,7 +25,7 @@ def _restore(args) -> int:
     if len(prior.shape) != 3:
         raise ValueError(f"model {args.model!r} is not an image model")
     x = load_image(args.image, tuple(prior.shape), resize=args.resize)[None].to(args.device)
-    params = {k: v for k, v in (("zeta", args.zeta), ("weight", args.weight), ("gamma", args.gamma)) if v is not None}
+    params = step_params(args)
     op, y = measure(x, args.task, seed=args.seed, sigma_y=args.sigma_y, preset=args.preset)
     out = restore(prior, op, y, method, steps=args.steps, seed=args.seed, sigma_y=args.sigma_y,
                   cmi=cmi_config(args), params=params, task=args.task, progress=not args.quiet)
@@ -122,18 +93,8 @@ def _add_bench(sub) -> None:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted (a bench run resumes where it stopped: rerun the same command)", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # Known failure modes (unknown task, shape mismatch, missing checkpoint, divergence) get one
-        # clear line instead of a traceback.
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """``cmidps ...``: parse, run, and return the exit code (see :func:`cmidps.cli_options.run_command`)."""
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

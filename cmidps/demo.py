@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .cli_options import add_cmi_arguments, cmi_config
 from .operators import TASKS
 
 
@@ -74,8 +75,6 @@ def format_table(rows) -> str:
 
 
 def _run(args) -> int:
-    from .cli import cmi_config
-
     t0 = time.perf_counter()
     report = run_demo(args.out, args.model, args.images, args.steps, args.seed, cmi=cmi_config(args),
                       progress=not args.quiet)
@@ -86,8 +85,6 @@ def _run(args) -> int:
 
 
 def register(sub) -> None:
-    from .cli import add_cmi_arguments
-
     p = sub.add_parser("demo", help="the five tasks on held-out digits with DPS and CMI+DPS (the main job)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder")

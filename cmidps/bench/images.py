@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli_options import add_cmi_arguments, add_measurement_arguments, cmi_config, run_command, step_params
 from ..images import IMAGE_SUFFIXES, ImageError, image_grid, load_image, save_image
 from ..operators import TASKS
 from ..restore import measure, measurement_image, parse_method, restore
@@ -267,14 +268,8 @@ def _model_fingerprint(prior) -> str:
     return h.hexdigest()[:16]
 
 
-def _params(args) -> dict:
-    return {k: v for k, v in (("zeta", args.zeta), ("weight", args.weight), ("gamma", args.gamma)) if v is not None}
-
-
 def _settings(args, prior, images: ImageSet) -> dict:
     """What the results depend on (besides the job itself); a rerun must match it."""
-    from ..cli import cmi_config
-
     cmi = cmi_config(args)
     return {
         "format": FORMAT,
@@ -283,7 +278,7 @@ def _settings(args, prior, images: ImageSet) -> dict:
         "steps": args.steps,
         "sigma_y": args.sigma_y,
         "preset": args.preset,
-        "params": _params(args),
+        "params": step_params(args),
         "cmi": {k: getattr(cmi, k) for k in ("eta", "estimator", "probes", "kinv", "cg_iters", "eta_schedule")},
         "resize": bool(args.resize),
         "dtype": args.dtype,
@@ -502,8 +497,6 @@ def _image_metrics(out, x, names, labels, skipped) -> dict:
 # --- the command --------------------------------------------------------------------------------------
 def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     """Register ``images`` under ``cmidps bench``."""
-    from ..cli import add_cmi_arguments, add_measurement_arguments
-
     p = bench_subparsers.add_parser(
         "images", help="the image benchmark (Table I): tasks x methods x metrics over a folder of images",
         description="Restore every image of --data with every task, method and seed; save the images, one "
@@ -570,7 +563,6 @@ def _say(dist: Dist, msg: str) -> None:
 
 
 def _run(args, dist: Dist, tasks, methods, seeds, names, on_job) -> int:
-    from ..cli import cmi_config
     from ..models.loading import load_prior
 
     device = dist.device
@@ -655,7 +647,7 @@ def _run(args, dist: Dist, tasks, methods, seeds, names, on_job) -> int:
 def _run_jobs(args, dist, prior, images, mine, per_names, skipped, cmi, device, out, on_job) -> None:
     from tqdm.auto import tqdm
 
-    params = _params(args)
+    params = step_params(args)
     labels = images.labels
     show = not args.quiet and (dist.is_main or not dist.torchrun)
     desc = f"rank {dist.rank}/{dist.world}" if dist.torchrun else "bench images"
@@ -781,13 +773,13 @@ def _grid(out, prior, images, tasks, methods, seed, args, device) -> None:
 
 def main(argv=None) -> int:
     """``python -m cmidps.bench.images ...`` (also under ``torchrun -m cmidps.bench.images``): the same
-    as ``cmidps bench images ...``."""
-    from ..cli import main as cli_main
-
+    as ``cmidps bench images ...``, with the same error handling."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "images":
-        argv = ["images", *argv]
-    return cli_main(["bench", *argv])
+    if argv and argv[0] == "images":
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="python -m cmidps.bench.images")
+    add_images_parser(parser.add_subparsers(dest="bench", required=True))
+    return run_command(parser.parse_args(["images", *argv]))
 
 
 if __name__ == "__main__":

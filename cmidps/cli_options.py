@@ -1,0 +1,80 @@
+"""The command-line options shared by the commands that sample, and the one error handler of every
+command.
+
+The entry point (:mod:`cmidps.cli`), ``cmidps demo`` and every bench import this module; it imports
+no command, so no module needs the entry point and there is no import circle.
+
+* :func:`add_cmi_arguments` / :func:`cmi_config`: the CMI plug-in's options and the
+  :class:`~cmidps.cmi.CMIConfig` they make;
+* :func:`add_measurement_arguments` / :func:`step_params`: noise, task preset and the samplers' step
+  sizes (restore, bench images);
+* :func:`run_command`: runs a parsed command and turns its outcome into an exit code (0, the command's
+  own code, 2 with one ``error:`` line for a known failure, 130 on Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_cmi_arguments(p: argparse.ArgumentParser) -> None:
+    """The CMI plug-in's options, shared by every command that samples."""
+    from .cmi import ESTIMATORS, ETA_SCHEDULES, KINV
+
+    g = p.add_argument_group("CMI plug-in (Algorithm 1, line 8); on for cmi+X methods or with --cmi")
+    g.add_argument("--cmi", choices=ESTIMATORS, default=None,
+                   help="turn CMI on with this gradient estimator (default for cmi+X methods: lowrank)")
+    g.add_argument("--eta", type=float, default=None,
+                   help="CMI step size eta (default 1e-3, tuned for the bundled 32x32 prior)")
+    g.add_argument("--probes", type=int, default=1, help="probes r per step")
+    g.add_argument("--kinv", choices=KINV, default="isotropic",
+                   help="K^-1: isotropic Sigma_post ~ r_t^2 I (closed form) or cg (exact, denoiser JVPs)")
+    g.add_argument("--cg-iters", type=int, default=10)
+    g.add_argument("--eta-schedule", choices=ETA_SCHEDULES, default="constant")
+
+
+def cmi_config(args):
+    """The :class:`~cmidps.cmi.CMIConfig` of the options of :func:`add_cmi_arguments`."""
+    from .cmi import CMIConfig
+
+    return CMIConfig(eta=CMIConfig.eta if args.eta is None else args.eta, estimator=args.cmi or "lowrank",
+                     probes=args.probes, kinv=args.kinv, cg_iters=args.cg_iters, eta_schedule=args.eta_schedule)
+
+
+def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
+    """Noise, task preset and the samplers' step sizes, shared by restore and bench images."""
+    from .restore import SIGMA_Y
+
+    p.add_argument("--sigma-y", type=float, default=SIGMA_Y, help="measurement noise std in [-1, 1]")
+    p.add_argument("--preset", default=None, choices=["paper", "dps", "small"],
+                   help="task settings (default: paper for >= 128 px images, small otherwise)")
+    p.add_argument("--zeta", type=float, default=None, help="DPS/MCG step size (default per task)")
+    p.add_argument("--weight", type=float, default=None, help="PiGDM guidance weight")
+    p.add_argument("--gamma", type=float, default=None, help="DSG guidance rate")
+
+
+def step_params(args) -> dict:
+    """The step sizes given on the command line (``zeta``, ``weight``, ``gamma``; the unset ones left out)."""
+    return {k: v for k, v in (("zeta", args.zeta), ("weight", args.weight), ("gamma", args.gamma)) if v is not None}
+
+
+INTERRUPTED = "interrupted (a bench run resumes where it stopped: rerun the same command)"
+
+
+def run_command(args) -> int:
+    """Run ``args.func(args)`` and return the process exit code.
+
+    A command returns its exit code (``None`` means 0); a command that returns a result object instead
+    (``bench gmm``'s ``run_gmm`` returns its results dict, also for the Python API) succeeded: 0.
+    Known failure modes (bad input, a missing file, a diverged sampler: ``ValueError``,
+    ``FileNotFoundError``, ``RuntimeError``) print one ``error:`` line instead of a traceback: 2.
+    """
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code if isinstance(code, int) else 0
