@@ -1,0 +1,205 @@
+"""The field's solvers (DDNM, DDNM+, DiffPIR, TMPD; DAPS and RED-diff drivers) against exact Gaussian posteriors."""
+import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
+import dataclasses
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from cmidps import solvers
+from cmidps.cmi import CMIConfig
+from cmidps.diffusion import Schedule
+from cmidps.operators import DenseOperator, RandomInpainting
+from cmidps.prior import GaussianMixturePrior
+from cmidps.sampling import SamplingDiverged, sample
+
+D = torch.float64
+
+
+def _gaussian(d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(d, d, generator=g, dtype=D)
+    cov = q @ q.T / d + 0.2 * torch.eye(d, dtype=D)
+    mean = 2.0 * torch.randn(1, d, generator=g, dtype=D)
+    return GaussianMixturePrior(torch.ones(1, dtype=D), mean, cov[None])
+
+
+def _problem(d=6, m=3, seed=0, sigma_y=0.1):
+    prior = _gaussian(d, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    A = torch.randn(m, d, generator=g, dtype=D) / math.sqrt(d)
+    y = prior.sample(1, g) @ A.T + sigma_y * torch.randn(1, m, generator=g, dtype=D)
+    return prior, DenseOperator(A), y, sigma_y, prior.posterior(A, y[0], sigma_y)
+
+
+def _errors(x, prior, post):
+    """(mean error relative to the prior-to-posterior distance, covariance error relative to ||Cov_post||)."""
+    assert torch.isfinite(x).all()
+    mean_err = float((x.mean(0) - post.means[0]).norm() / (prior.means[0] - post.means[0]).norm())
+    cov_err = float((torch.cov(x.T) - post.cov[0]).norm() / post.cov[0].norm())
+    return mean_err, cov_err
+
+
+def _run_rule(rule, steps=50, batch=400, seed=3):
+    prior, op, y, sigma_y, post = _problem()
+    x = sample(prior, op, y, rule, steps=steps, sigma_y=sigma_y, generator=torch.Generator().manual_seed(seed),
+               batch=batch, progress=False)
+    assert prior.nfe == steps  # one network evaluation per step
+    return _errors(x, prior, post)
+
+
+def _flip_measurement(rule):
+    """A sign error in the data term: the rule sees -y (DDNM's A^+ y, DiffPIR's data step)."""
+    return lambda s: rule(dataclasses.replace(s, y=-s.y))
+
+
+RULES = {"ddnm": solvers.ddnm, "ddnm_plus": solvers.ddnm_plus, "diffpir": solvers.diffpir, "tmpd": solvers.tmpd}
+FLIPPED = {"ddnm": _flip_measurement(solvers.ddnm), "ddnm_plus": _flip_measurement(solvers.ddnm_plus),
+           "diffpir": _flip_measurement(solvers.diffpir), "tmpd": partial(solvers.tmpd, weight=-1.0)}
+MEAN_BOUND, COV_BOUND = 0.2, 0.3  # the prior's covariance is 1.46 away; the prior mean 1.0
+
+
+def test_the_problem_is_informative():
+    prior, _, _, _, post = _problem()
+    assert float((prior.cov[0] - post.cov[0]).norm() / post.cov[0].norm()) > 1.0
+    assert float((prior.means[0] - post.means[0]).norm()) > 1.0
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_solver_matches_the_exact_posterior(name):
+    mean_err, cov_err = _run_rule(RULES[name])
+    assert mean_err < MEAN_BOUND and cov_err < COV_BOUND, (mean_err, cov_err)
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_the_bound_catches_a_sign_error(name):
+    try:
+        mean_err, cov_err = _run_rule(FLIPPED[name])
+    except SamplingDiverged:
+        return
+    assert not (mean_err < MEAN_BOUND and cov_err < COV_BOUND), (mean_err, cov_err)
+
+
+def test_ddnm_x0_is_consistent_with_the_measurement():
+    """lam = 1: A x0|t = A A^+ y = y for a full-row-rank A, and the null-space part of x0_hat is kept."""
+    prior, op, y, sigma_y, _ = _problem()
+    A = op.matrix
+    seen = []
+
+    def rule(s):
+        x0 = solvers.ddnm_x0(s)
+        torch.testing.assert_close(x0 @ A.T, y.expand_as(x0 @ A.T))
+        P = torch.linalg.pinv(A) @ A
+        null = torch.eye(6, dtype=D) - P
+        torch.testing.assert_close(x0 @ null.T, s.x0_hat.detach() @ null.T)
+        seen.append(1)
+        return solvers.ddnm(s)
+
+    sample(prior, op, y, rule, steps=5, sigma_y=sigma_y, generator=torch.Generator().manual_seed(0), batch=3,
+           progress=False)
+    assert len(seen) == 5
+
+
+def test_ddnm_plus_scales_keep_the_step_variance():
+    """a_t^2 lam_t^2 sigma_y^2 + gamma_t = sigma_t^2 where lam_t < 1, and lam_t = 1 otherwise (Eq. 19)."""
+    sched = Schedule.linear().respace(20)
+    for i in range(1, 20):
+        c = sched.at(i)
+        std = torch.full((1, 4), math.sqrt(c.posterior_var), dtype=D)
+        s = dataclasses.make_dataclass("S", ["c", "std", "sigma_y"])(c, std, 0.3)
+        lam, g = solvers.ddnm_plus_scales(s)
+        total = (c.coef_x0 * lam * 0.3) ** 2 + g**2
+        if float(lam[0, 0]) < 1.0:
+            torch.testing.assert_close(total, std**2)
+            assert float(g[0, 0]) == 0.0
+        else:
+            torch.testing.assert_close(g**2, std**2 - (c.coef_x0 * 0.3) ** 2)
+
+
+def test_diffpir_data_step_is_the_regularised_least_squares_solution():
+    prior, op, y, sigma_y, _ = _problem()
+    A = op.matrix
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(4, 6, generator=g, dtype=D)
+    rho = 0.37
+    s = dataclasses.make_dataclass("S", ["op", "y"])(op, y)
+    z = solvers.diffpir_data_step(s, x0, rho)
+    direct = torch.linalg.solve(A.T @ A + rho * torch.eye(6, dtype=D), (y @ A + rho * x0).T).T
+    torch.testing.assert_close(z, direct)
+
+
+def test_diffpir_zeta_one_is_a_fresh_draw_around_the_data_step():
+    """zeta = 1: x_{t-1} = sqrt(abar_{t-1}) x0' + sqrt(1 - abar_{t-1}) z, independent of eps'."""
+    prior, op, y, sigma_y, _ = _problem()
+
+    def rule(s):
+        out = solvers.diffpir(s, lam=2.0, zeta=1.0)
+        x0 = solvers.diffpir_data_step(s, s.x0_hat.detach(), solvers.diffpir_rho(s, 2.0))
+        c = s.c
+        torch.testing.assert_close(out, c.abar_prev**0.5 * x0 + (1 - c.abar_prev) ** 0.5 * s.noise)
+        return out
+
+    sample(prior, op, y, rule, steps=4, sigma_y=sigma_y, generator=torch.Generator().manual_seed(0), batch=3,
+           progress=False)
+
+
+def test_tmpd_direction_uses_the_exact_posterior_covariance():
+    """For a Gaussian prior, C = (sigma_t^2 / sqrt(abar_t)) J is Cov[x0 | x_t]: v = A^T (sigma_y^2 + A C A^T)^-1 r."""
+    prior, op, y, sigma_y, _ = _problem()
+    A = op.matrix
+    seen = []
+
+    def rule(s):
+        v = solvers.tmpd_direction(s, cg_iters=10)
+        C = prior.x0_given_xt_cov(None, s.c.abar)
+        K = sigma_y**2 * torch.eye(3, dtype=D) + A @ C @ A.T
+        r = y - s.x0_hat.detach() @ A.T
+        torch.testing.assert_close(v, torch.linalg.solve(K, r.T).T @ A, rtol=1e-5, atol=1e-8)
+        seen.append(1)
+        return solvers.tmpd(s)
+
+    sample(prior, op, y, rule, steps=6, sigma_y=sigma_y, generator=torch.Generator().manual_seed(0), batch=3,
+           progress=False)
+    assert len(seen) == 6
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_cmi_plus_solver_moves_the_step_and_eta_zero_is_the_solver(name):
+    prior = GaussianMixturePrior.mcgdiff(8, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    op = DenseOperator(torch.randn(2, 8, generator=g, dtype=D))
+    y = torch.randn(1, 2, generator=g, dtype=D)
+    kw = dict(steps=10, sigma_y=0.5, batch=8, progress=False)
+    run = lambda eta: sample(prior, op, y, RULES[name], generator=torch.Generator().manual_seed(7),  # noqa: E731
+                             cmi=None if eta is None else CMIConfig(eta=eta),
+                             cmi_generator=torch.Generator().manual_seed(8), **kw)
+    base, zero, some = run(None), run(0.0), run(0.1)
+    assert torch.isfinite(some).all()
+    assert torch.equal(base, zero)
+    assert not torch.allclose(base, some)
+
+
+def test_solvers_work_on_image_operators_in_float32():
+    """A mask operator in float32 (the image path): finite output, one network evaluation per step."""
+    from cmidps.diffusion import Schedule as S
+    from cmidps.prior import NetworkPrior
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x, t):
+            return torch.tanh(self.conv(x))
+
+    torch.manual_seed(0)
+    prior = NetworkPrior(Tiny(), (1, 8, 8), schedule=S.linear())
+    op = RandomInpainting((1, 8, 8), 0.5, torch.Generator().manual_seed(0))
+    y = op.A(torch.rand(2, 1, 8, 8) * 2 - 1)
+    for name, rule in RULES.items():
+        prior.nfe = 0
+        x = sample(prior, op, y, rule, steps=4, sigma_y=0.05, generator=torch.Generator().manual_seed(0),
+                   progress=False)
+        assert x.dtype == torch.float32 and torch.isfinite(x).all(), name
+        assert prior.nfe == 4, name
