@@ -138,15 +138,44 @@ def probe_pairs(cfg: CMIConfig, op, kinv_apply, batch: int, like: torch.Tensor, 
     return pairs
 
 
+class ClampLinearized:
+    """``A D`` with ``D = diag(1{|x0_hat| <= 1})``: the operator seen by the CMI term when x0_hat is
+    clamped to [-1, 1] before it enters the likelihood (``likelihood_clip``).
+
+    For ``y = A clamp(x0) + n`` the Gauss-Newton linearisation at x0_hat replaces ``A`` by ``A D``
+    (``D`` is the clamp's Jacobian), i.e. ``Sigma_post`` by ``D Sigma_post D`` in Theorem 1: saturated
+    pixels carry no posterior covariance. ``solve_K`` keeps the unmasked closed form (an
+    approximation used only with ``kinv="isotropic"``, which already approximates Sigma_post by
+    ``r_t^2 I``); ``kinv="cg"`` solves with ``A D Sigma_post D A^T`` exactly.
+    """
+
+    def __init__(self, op, x0_hat: torch.Tensor):
+        self.op = op
+        self.d = (x0_hat.detach().abs() <= 1.0).to(x0_hat.dtype)
+        self.x_shape, self.y_shape = op.x_shape, op.y_shape
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op.A(self.d * x)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.d * self.op.A_adjoint(y)
+
+    def solve_K(self, v: torch.Tensor, r2, s2) -> torch.Tensor:
+        return self.op.solve_K(v, r2, s2)
+
+
 def cmi_objective(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float,
-                  cfg: CMIConfig, generator=None) -> torch.Tensor:
+                  cfg: CMIConfig, generator=None, clip: bool = False) -> torch.Tensor:
     """A scalar whose gradient with respect to ``x`` is the estimate of grad I(x0; y | x_t).
 
     ``1/2 (sigma_t^2 / sqrt(abar_t)) mean_probes <J^T a, b>`` with stop-gradient probes: one
     vector-Jacobian product with a graph per probe. Taking its gradient
     is the double backward; :class:`~cmidps.sampling.StepState` fuses that with the sampler's own
-    backward where it can.
+    backward where it can. ``x0_hat`` is the unclamped Tweedie estimate; ``clip=True`` takes the CMI
+    of the clamped estimate, i.e. the operator :class:`ClampLinearized` in place of ``op``.
     """
+    if clip:
+        op = ClampLinearized(op, x0_hat)
     kinv_apply = make_kinv(op, c, sigma_y, x, x0_hat, cfg.kinv, cfg.cg_iters)
     pairs = probe_pairs(cfg, op, kinv_apply, x.shape[0], x0_hat, generator)
     total = 0.0
@@ -158,12 +187,12 @@ def cmi_objective(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op
 
 
 def cmi_gradient(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float,
-                 cfg: CMIConfig, generator=None) -> torch.Tensor:
+                 cfg: CMIConfig, generator=None, clip: bool = False) -> torch.Tensor:
     """grad_{x_t} I(x0; y | x_t) (Theorem 2), estimated as configured; per sample, batched.
 
     ``x0_hat`` must carry its autograd graph back to ``x``; the graph is kept for the caller.
     """
-    (g,) = torch.autograd.grad(cmi_objective(x, x0_hat, c, op, sigma_y, cfg, generator), x, retain_graph=True)
+    (g,) = torch.autograd.grad(cmi_objective(x, x0_hat, c, op, sigma_y, cfg, generator, clip), x, retain_graph=True)
     return g
 
 

@@ -94,11 +94,13 @@ def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float = SIGMA_
 def restore(prior, op, y: torch.Tensor, method: str = "dps", steps: int = 100, seed: int = 0,
             sigma_y: float = SIGMA_Y, cmi: CMIConfig | None = None, params: dict | None = None,
             task: str | None = None, items: list | None = None, progress: bool = True,
-            ddim_eta: float | None = None) -> torch.Tensor:
+            ddim_eta: float | None = None, likelihood_clip: bool | None = None) -> torch.Tensor:
     """Restore ``y`` with ``method`` (``dps``, ``cmi+dps``, ``pigdm``, ...). Returns [0, 1] images.
 
     ``cmi`` configures the plug-in for ``cmi+X`` methods (default :class:`CMIConfig`); it is
     ignored for plain X. ``params`` override the method's defaults (``zeta``, ``weight``, ``gamma``).
+    ``likelihood_clip`` (see :func:`cmidps.sampling.sample`): clamp x0_hat to [-1, 1] where it enters
+    the likelihood, as the DPS code does; default: for priors that clip.
     """
     base, use_cmi = parse_method(method)
     if tuple(op.x_shape) != tuple(prior.shape):
@@ -110,7 +112,7 @@ def restore(prior, op, y: torch.Tensor, method: str = "dps", steps: int = 100, s
     cmi_gens = [generator(seed, "cmi", it) for it in items]
     x = sample(prior, op, y, make_rule(base, **kw), steps, gens, sigma_y=sigma_y,
                cmi=(cmi or CMIConfig()) if use_cmi else None, cmi_generator=cmi_gens,
-               ddim_eta=ddim_eta, progress=progress, desc=method)
+               ddim_eta=ddim_eta, progress=progress, desc=method, likelihood_clip=likelihood_clip)
     return from_model(x) if getattr(prior, "clip_x0", False) else x
 
 

@@ -14,6 +14,11 @@ Rules:
 
 All norms are per sample (never one norm over the batch), and no rule draws random numbers of its
 own, so X and CMI+X with the same sampler generator share all their noise.
+
+x0_hat in every likelihood term below is the state's ``x0_lik``: clamped to [-1, 1] under the loop's
+``likelihood_clip`` (the default for image priors), so the gradient is zero at saturated pixels, as
+in the DPS code, whose DPS and MCG take ``pred_xstart`` from ``p_mean_variance(clip_denoised=True)``;
+``likelihood_clip=False`` gives the paper's Algorithm 1 literally.
 """
 from __future__ import annotations
 
@@ -28,7 +33,11 @@ from .sampling import StepState
 
 
 def dps(s: StepState, zeta: float = 1.0) -> torch.Tensor:
-    """DPS (Chung et al. 2023, Alg. 1): x_{t-1} = x'_{t-1} - zeta grad_{x_t} ||y - A x0_hat||."""
+    """DPS (Chung et al. 2023, Alg. 1): x_{t-1} = x'_{t-1} - zeta grad_{x_t} ||y - A x0_hat||.
+
+    The DPS code (``PosteriorSampling``) takes this norm on the clamped x0_hat (``likelihood_clip``)
+    and over the whole batch; here it is per sample.
+    """
     return s.guided(s.residual_norm_grad_x0(), -zeta)
 
 
@@ -70,6 +79,8 @@ def pigdm(s: StepState, weight: float = 1.0) -> torch.Tensor:
 
     Departures from the original: g is added to the loop's proposal x'_{t-1} (DDPM ancestral by
     default, DDIM with ``ddim_eta``) instead of their DDIM step; ``weight`` scales it (1 = Alg. 1).
+    PiGDM has no official code and its paper's Eq. 8 uses the unclamped x0_hat: pass
+    ``likelihood_clip=False`` for that form.
     """
     r2 = 1.0 - s.c.abar
     return s.guided(pigdm_direction(s), weight * math.sqrt(s.c.abar) * r2)  # x'_{t-1} + w sqrt(abar) r^2 g
@@ -99,7 +110,8 @@ def mcg(s: StepState, zeta: float = 1.0) -> torch.Tensor:
     Departures from the original code: the manifold-constrained gradient is the DPS one,
     grad_{x_t} ||y - A x0_hat|| (the norm, per sample), as in the DPS code's MCG; the projection is the
     general (I - P) x + P(noised A^+ y) with the true pseudo-inverse (the DPS code's version, which uses
-    its non-adjoint 'transpose', is wrong for inpainting and blur).
+    its non-adjoint 'transpose', is wrong for inpainting and blur). The DPS code's MCG, like its
+    DPS, uses the clamped x0_hat (``likelihood_clip``).
     """
     return mcg_project(s, s.guided(s.residual_norm_grad_x0(), -zeta))
 
@@ -127,6 +139,7 @@ def dsg(s: StepState, gamma: float = 0.2, interval: int = 1) -> torch.Tensor:
     (its last step masks the noise but keeps the clipped log-variance), we then take
     r = sqrt(d) exp(posterior_log_var_clipped / 2) and d_s = x'_0 - mu_0 (0 without CMI): the last step
     is a gradient step of length r. Departure: interval counts positions on the respaced chain.
+    The DSG code is built on the DPS code, whose x0_hat is the clamped one (``likelihood_clip``).
     """
     if s.c.i % interval != 0:
         return s.x_prop

@@ -3,7 +3,10 @@
 Each step (numbers refer to Algorithm 1 of the CMI paper):
 
 1. one network evaluation at x_t, with a graph (line 4),
-2. Tweedie: x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (line 5),
+2. Tweedie: x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (line 5); with ``likelihood_clip``
+   the likelihood terms (and the CMI term) see clamp(x0_hat, -1, 1), the gradient flowing through the
+   clamp, as the DPS code does (its ``p_mean_variance(clip_denoised=True)``); without, x0_hat itself
+   (Algorithm 1 literally),
 3. the unconditional proposal x'_{t-1} = coef_xt x_t + coef_x0 x0_hat + sigma_t z (lines 6-7; DDPM
    ancestral step, or DDIM with ``ddim_eta``),
 4. the CMI step x'_{t-1} += eta_t grad I(x0; y | x_t), if enabled (line 8),
@@ -33,6 +36,10 @@ class SamplingDiverged(RuntimeError):
 class StepState:
     """What a rule sees at one step. ``x_t`` requires grad and ``x0_hat`` carries its graph.
 
+    ``x0_lik`` is x0_hat as it enters the likelihood terms: ``clamp(x0_hat, -1, 1)`` (with its graph:
+    zero gradient where clamped) under ``likelihood_clip``, else ``x0_hat``. Every residual, norm and
+    vector-Jacobian product below uses it, so J means d x0_lik / d x_t.
+
     ``x_prop`` is x'_{t-1} with the CMI term added (Algorithm 1, line 8). The CMI gradient is taken
     lazily: a rule that only needs ``x_prop + w J^T v`` asks for :meth:`guided`, which gets the CMI
     double backward and the sampler's own backward in one pass.
@@ -50,7 +57,12 @@ class StepState:
     y: torch.Tensor
     sigma_y: float
     cmi_objective: torch.Tensor | None = None  # eta_t * (scalar whose x-gradient is grad I)
+    x0_lik: torch.Tensor | None = None  # x0_hat as the likelihood sees it (None: x0_hat)
     _x_prop: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.x0_lik is None:
+            self.x0_lik = self.x0_hat
 
     @property
     def x_prop(self) -> torch.Tensor:
@@ -63,30 +75,30 @@ class StepState:
         return self._x_prop
 
     def vjp(self, v: torch.Tensor) -> torch.Tensor:
-        """J^T v with J = d x0_hat / d x_t (one backward through the network)."""
-        (g,) = torch.autograd.grad(self.x0_hat, self.x_t, v, retain_graph=True)
+        """J^T v with J = d x0_lik / d x_t (one backward through the network)."""
+        (g,) = torch.autograd.grad(self.x0_lik, self.x_t, v, retain_graph=True)
         return g
 
     def guided(self, v: torch.Tensor, weight: float) -> torch.Tensor:
         """x'_{t-1} + weight J^T v, with the CMI term, in a single backward pass."""
         if self._x_prop is None and self.cmi_objective is not None:
-            total = self.cmi_objective + weight * (self.x0_hat * v.detach()).sum()
+            total = self.cmi_objective + weight * (self.x0_lik * v.detach()).sum()
             (g,) = torch.autograd.grad(total, self.x_t, retain_graph=True)
             return self.x_prop_base + g
         return self.x_prop + weight * self.vjp(v)
 
     def residual(self) -> torch.Tensor:
-        """y - A x0_hat (detached)."""
-        return (self.y - self.op.A(self.x0_hat)).detach()
+        """y - A x0_lik (detached)."""
+        return (self.y - self.op.A(self.x0_lik)).detach()
 
     def residual_norm_grad_x0(self) -> torch.Tensor:
-        """The gradient of ||y - A x0_hat|| with respect to x0_hat: -A^T r / ||r||, per sample."""
+        """The gradient of ||y - A x0_lik|| with respect to x0_lik: -A^T r / ||r||, per sample."""
         r = self.residual()
         norm = r.flatten(1).norm(dim=1).clamp_min(1e-12)
         return -self.op.A_adjoint(r) / bview(norm, r)
 
     def grad_residual_norm(self) -> torch.Tensor:
-        """grad_{x_t} ||y - A x0_hat||, the norm (not its square) per sample (DPS, Eq. 16 of DPS)."""
+        """grad_{x_t} ||y - A x0_lik||, the norm (not its square) per sample (DPS, Eq. 16 of DPS)."""
         return self.vjp(self.residual_norm_grad_x0())
 
 
@@ -127,8 +139,13 @@ def randn(shape, generator, dtype, device) -> torch.Tensor:
 def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor], steps: int,
            generator, sigma_y: float = 0.05, x_T: torch.Tensor | None = None,
            batch: int | None = None, cmi: CMIConfig | None = None, cmi_generator=None,
-           ddim_eta: float | None = None, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+           ddim_eta: float | None = None, progress: bool = True, desc: str = "sampling",
+           likelihood_clip: bool | None = None) -> torch.Tensor:
     """Run the reverse diffusion from x_T ~ N(0, I) and return x_0.
+
+    ``likelihood_clip``: how x0_hat enters every likelihood term and the CMI term (see
+    :class:`StepState`): clamped to [-1, 1] (the DPS code) or not (Algorithm 1 literally). ``None``
+    (default) clamps for priors whose data live in [-1, 1] (``prior.clip_x0``).
 
     ``y`` is (B, *y_shape) or (1, *y_shape) broadcast over the batch. Sampler noise comes only from
     ``generator`` and CMI probes only from ``cmi_generator``, so X and CMI+X share their noise; each
@@ -144,21 +161,25 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
     if not torch.isfinite(y).all():
         raise ValueError("the measurement y contains non-finite values")
     cmi_active = cmi is not None and cmi.eta != 0.0
+    clip_lik = bool(getattr(prior, "clip_x0", False)) if likelihood_clip is None else bool(likelihood_clip)
     bar = tqdm(list(sched.reverse()), desc=desc, disable=not progress, leave=False)
     for c in bar:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             eps, var_values = prior.eps(x, c.t)  # 1. the one network evaluation of this step
             x0_hat = x0_from_eps(x, eps, c)  # 2. Tweedie
+            x0_lik = x0_hat.clamp(-1.0, 1.0) if clip_lik else x0_hat  # what the likelihood terms see
             mean, std = _proposal(x, x0_hat, eps, var_values, c, prior.clip_x0, ddim_eta)
             z = randn(x.shape, generator, dtype, x.device)
             x_prop = mean + std * z  # 3. x'_{t-1}
             objective = None
             if cmi_active and cmi.eta_at(c) != 0.0:  # 4. the CMI step (its gradient is taken lazily)
-                objective = cmi.eta_at(c) * cmi_objective(x, x0_hat, c, op, sigma_y, cmi, cmi_generator)
-            state = StepState(c, x, x0_hat, eps, mean, std, z, x_prop.detach(), op, y, sigma_y, objective)
+                objective = cmi.eta_at(c) * cmi_objective(x, x0_hat, c, op, sigma_y, cmi, cmi_generator,
+                                                          clip=clip_lik)
+            state = StepState(c, x, x0_hat, eps, mean, std, z, x_prop.detach(), op, y, sigma_y, objective,
+                              x0_lik)
             x_new = rule(state).detach()  # 5. the sampler's rule
-            del state, objective, eps, x0_hat, var_values  # free this step's graphs before the next forward
+            del state, objective, eps, x0_hat, x0_lik, var_values  # free this step's graphs before the next forward
         if not torch.isfinite(x_new).all():
             bad = (~torch.isfinite(x_new.flatten(1))).any(1).nonzero().flatten().tolist()
             raise SamplingDiverged(
