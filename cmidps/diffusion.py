@@ -3,8 +3,9 @@
 Notation follows ``docs/math.md``: ``abar_t = prod(1 - beta)``, ``sigma_t^2 = 1 - abar_t``.
 A :class:`Schedule` is a chain of ``N`` kept steps, indexed ``i = 0 .. N-1`` (``i = N-1`` is the
 noisiest). ``timesteps[i]`` is the index of that step on the 1000-step training chain, which is
-what a network is conditioned on. Respacing keeps a subset of the training steps and recomputes
-the betas so that the kept ``abar`` are unchanged (as in guided-diffusion's ``space_timesteps``).
+what a network is conditioned on. Respacing keeps a subset of the training steps, chosen as
+guided-diffusion's ``space_timesteps`` chooses them (:func:`space_timesteps`), and recomputes the betas
+so that the kept ``abar`` are unchanged (guided-diffusion's ``SpacedDiffusion``).
 All schedule arrays are float64; :meth:`at` hands out scalars for a step.
 """
 from __future__ import annotations
@@ -18,6 +19,23 @@ def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: floa
     """The linear beta schedule of DDPM and of the DPS / ADM checkpoints (scaled for ``num_steps``)."""
     scale = 1000.0 / num_steps
     return torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
+
+
+def space_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
+    """The training steps kept by a respaced chain of ``num_steps``, as guided-diffusion's
+    ``space_timesteps(num_train_steps, [num_steps])`` chooses them (one section).
+
+    The stride ``(num_train_steps - 1) / (num_steps - 1)`` is accumulated in a float and each kept
+    step is Python's ``round`` of the running sum (round half to even), so ties fall as the
+    accumulated rounding error puts them. With ``num_steps <= 1`` the stride is 1: one step keeps
+    training step 0. (The DPS code uses the same function.)
+    """
+    stride = 1.0 if num_steps <= 1 else (num_train_steps - 1) / (num_steps - 1)
+    kept, position = [], 0.0
+    for _ in range(num_steps):
+        kept.append(round(position))
+        position += stride
+    return kept
 
 
 @dataclass(frozen=True)
@@ -76,15 +94,10 @@ class Schedule:
         return cls(linear_betas(num_train_steps, beta_start, beta_end))
 
     def respace(self, num_steps: int) -> "Schedule":
-        """Keep ``num_steps`` evenly spaced training steps (always including the first and the last)."""
+        """Keep ``num_steps`` training steps chosen by :func:`space_timesteps` (guided-diffusion's rule)."""
         if not 1 <= num_steps <= self.num_train_steps:
             raise ValueError(f"steps must be between 1 and {self.num_train_steps}, got {num_steps}")
-        if num_steps == 1:
-            kept = [self.num_train_steps - 1]
-        else:
-            frac = (self.num_train_steps - 1) / (num_steps - 1)
-            kept = [round(k * frac) for k in range(num_steps)]
-        return Schedule(self.train_betas, kept)
+        return Schedule(self.train_betas, space_timesteps(self.num_train_steps, num_steps))
 
     def __len__(self) -> int:
         return len(self.timesteps)
