@@ -95,6 +95,8 @@ class StepState:
         """The gradient of ||y - A x0_lik|| with respect to x0_lik: -A^T r / ||r||, per sample."""
         r = self.residual()
         norm = r.flatten(1).norm(dim=1).clamp_min(1e-12)
+        if getattr(self.op, "nonlinear", False):  # J_A(x0_lik)^T r for a nonlinear A (cmidps.nonlinear)
+            return -self.op.vjp(self.x0_lik, r) / bview(norm, r)
         return -self.op.A_adjoint(r) / bview(norm, r)
 
     def grad_residual_norm(self) -> torch.Tensor:
@@ -174,7 +176,8 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
             x_prop = mean + std * z  # 3. x'_{t-1}
             objective = None
             if cmi_active and cmi.eta_at(c) != 0.0:  # 4. the CMI step (its gradient is taken lazily)
-                objective = cmi.eta_at(c) * cmi_objective(x, x0_hat, c, op, sigma_y, cmi, cmi_generator,
+                op_c = op.linearized(x0_lik.detach()) if hasattr(op, "linearized") else op  # Gauss-Newton J_A
+                objective = cmi.eta_at(c) * cmi_objective(x, x0_hat, c, op_c, sigma_y, cmi, cmi_generator,
                                                           clip=clip_lik)
             state = StepState(c, x, x0_hat, eps, mean, std, z, x_prop.detach(), op, y, sigma_y, objective,
                               x0_lik)
