@@ -1,4 +1,5 @@
-"""Image files in and out, and picture grids (PIL only; no torchvision)."""
+"""Image files in and out, and picture grids (PIL only; no torchvision). Sets of image files (the
+ground truth of a benchmark) are in :mod:`cmidps.image_sets`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +8,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class ImageError(ValueError):
-    """An input image that does not fit the model."""
+class ImageError(InputError):
+    """An input image (or image set) that does not fit the model."""
 
 
 def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = False) -> torch.Tensor:

@@ -137,7 +137,7 @@ def test_register_cli():
 def test_sampler_and_figures(tmp_path):
     from cmidps.models.unet import create_model
     from cmidps.prior import NetworkPrior
-    from cmidps.train import plot_loss_curve, sample_unconditional, save_image_grid
+    from cmidps.train_figures import plot_loss_curve, sample_unconditional, save_image_grid
 
     torch.manual_seed(0)
     net = create_model(image_size=32, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="",

@@ -10,15 +10,22 @@ pair a ``cmi+X`` record with its ``X`` record.
 * ``summarize(records, metrics)`` -> ``{(task, method): {metric: (mean, hw, n)}}``;
 * ``cmi_differences(records, metrics, pair_keys)`` -> ``{(task, "cmi+X"): {metric: (mean, hw, n)}}``,
   the paired differences ``CMI+X − X`` over the units both methods have;
-* ``write_tables(out_dir, ...)`` writes ``table.md`` and ``table.csv``.
+* ``write_tables(out_dir, ...)`` writes ``table.md`` and ``table.csv``;
+* ``write_image_report(plan, ...)``: the whole report of ``bench images`` (tables, set-level metrics
+  from the saved PNGs, ``grid.png``).
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from pathlib import Path
+
+from .store import atomic_text
+
+SET_METRICS_FILE = "set_metrics.json"
 
 # metric -> (label, higher is better, format)
 METRIC_INFO = {
@@ -196,12 +203,6 @@ def csv_table(summary: dict, diffs: dict, metrics, tasks=None, methods=None) -> 
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_tables(out_dir, image_records, set_records=(), per_image_metrics=("psnr", "ssim"),
                  set_metrics=(), tasks=None, methods=None, skipped=None, title="Benchmark",
                  notes=()) -> dict:
@@ -218,6 +219,111 @@ def write_tables(out_dir, image_records, set_records=(), per_image_metrics=("psn
             diffs.setdefault(key, {}).update(d)
     metrics = list(per_image_metrics) + [m for m in set_metrics if m not in per_image_metrics]
     md = markdown_tables(summary, diffs, metrics, tasks, methods, skipped, title, notes)
-    _atomic_write(out_dir / "table.md", md)
-    _atomic_write(out_dir / "table.csv", csv_table(summary, diffs, metrics, tasks, methods))
+    atomic_text(out_dir / "table.md", md)
+    atomic_text(out_dir / "table.csv", csv_table(summary, diffs, metrics, tasks, methods))
     return {"summary": summary, "differences": diffs, "markdown": md}
+
+
+# --- the report of bench images -----------------------------------------------------------------------
+def probe_reason(name, x, labels) -> str | None:
+    """Why a per-image metric is unavailable here (None if it is available)."""
+    from ..metrics import compute_metrics
+
+    try:
+        r = compute_metrics(x, x, [name], labels=labels)
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {exc}"
+    return r["skipped"].get(name)
+
+
+def write_image_report(plan, results: dict, notes, measurement, device) -> str:
+    """Write the report of an image benchmark into ``plan.out``: ``table.md`` and ``table.csv``, the
+    set-level metrics (``set_metrics.json``, per (task, method, seed), from the saved PNGs) and
+    ``grid.png``; returns the markdown. ``plan`` (:class:`cmidps.bench.images.Plan`) names the jobs
+    and files; ``results`` is ``{job key: record}``; ``measurement(task, x, image, seed)``
+    draws a measurement for the grid."""
+    from ..metrics import dataset_metrics
+
+    images, out = plan.images, plan.out
+    jobs = plan.jobs()
+    rows = [results[plan.key(j)] for j in jobs if plan.key(j) in results]
+    n_missing = len(jobs) - len(rows)
+    skipped = dict(plan.skipped)
+    x0 = images.get([0])
+    lab0 = None if images.labels is None else images.labels[:1]
+    for name in plan.per_names:
+        have = sum(1 for r in rows if r.get(name) is not None)
+        if have == 0 and name not in skipped:
+            skipped[name] = probe_reason(name, x0, lab0) or \
+                "not in the results (unavailable when the jobs ran); rerun into a new --out to compute it"
+        elif 0 < have < len(rows):
+            skipped.setdefault(name, f"computed for {have} of {len(rows)} jobs only")
+
+    set_rows = []
+    if plan.set_names:
+        for t in plan.tasks:
+            for m in plan.methods:
+                for s in plan.seeds:
+                    if any((t, m, s, i) not in results for i in images.ids):
+                        continue
+                    res = dataset_metrics(_png_batches(plan, t, m, s, device), _truth_batches(images, device),
+                                          names=plan.set_names, labels=images.labels)
+                    for name, why in res["skipped"].items():
+                        skipped.setdefault(name, why)
+                    if res["values"]:
+                        set_rows.append({"task": t, "method": m, "seed": s, **res["values"]})
+                    elif all(nm in skipped for nm in plan.set_names):
+                        break  # unavailable everywhere: do not retry for every group
+        atomic_text(out / SET_METRICS_FILE, json.dumps({"per_seed": set_rows, "skipped": {
+            k: v for k, v in skipped.items() if k in plan.set_names}}, indent=1) + "\n")
+    for name in plan.set_names:
+        if not any(name in r for r in set_rows):
+            skipped.setdefault(name, "not computed (no complete (task, method, seed) group)")
+
+    notes = list(notes)
+    if n_missing:
+        notes.append(f"**Incomplete: {n_missing} of {len(jobs)} jobs are not done yet.**")
+    report = write_tables(out, rows, set_rows, per_image_metrics=plan.per_names, set_metrics=plan.set_names,
+                          tasks=plan.tasks, methods=plan.methods, skipped=skipped, title="cmidps bench images",
+                          notes=notes)
+    write_grid(plan, plan.seeds[0], measurement)
+    return report["markdown"]
+
+
+def _png_batches(plan, task, method, seed, device, size: int = 50):
+    import torch
+
+    from ..images import load_image
+
+    ids = plan.images.ids
+    for start in range(0, len(ids), size):
+        yield torch.stack([load_image(plan.image_path(task, method, seed, ids[i]), plan.images.shape)
+                          for i in range(start, min(start + size, len(ids)))]).to(device)
+
+
+def _truth_batches(images, device, size: int = 50):
+    for start in range(0, len(images), size):
+        yield images.get(range(start, min(start + size, len(images)))).to(device)
+
+
+def write_grid(plan, seed, measurement) -> None:
+    """``grid.png``: per task a row (truth, measurement, each method) for the first image and ``seed``;
+    a job not done yet shows as grey."""
+    import torch
+
+    from ..images import image_grid, load_image
+
+    images = plan.images
+    x, image = images.get([0]), images.ids[0]
+    rows = []
+    for t in plan.tasks:
+        row = [x[0], measurement(t, x, image, seed)]
+        for m in plan.methods:
+            p = plan.image_path(t, m, seed, image)
+            row.append(load_image(p, images.shape) if p.is_file() else torch.full(images.shape, 0.5))
+        rows.append(row)
+    grid = image_grid(rows, row_labels=plan.tasks, col_labels=["truth", "measurement", *plan.methods],
+                      scale=max(1, 96 // images.shape[-1]))
+    tmp = plan.out / f"grid.png.{os.getpid()}.tmp"
+    grid.save(tmp, format="PNG")
+    tmp.replace(plan.out / "grid.png")
