@@ -152,7 +152,8 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
     ``y`` is (B, *y_shape) or (1, *y_shape) broadcast over the batch. Sampler noise comes only from
     ``generator`` and CMI probes only from ``cmi_generator``, so X and CMI+X share their noise; each
     may be a list of per-sample generators (then results do not depend on the batch size).
-    Raises :class:`SamplingDiverged` naming the step if the sample stops being finite.
+    Raises :class:`SamplingDiverged` naming the step and the option to lower if the sample stops being
+    finite or blows up (:class:`DivergenceGuard`).
     """
     sched = prior.schedule.respace(steps)
     dtype = y.dtype
@@ -164,6 +165,7 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
         raise ValueError("the measurement y contains non-finite values")
     cmi_active = cmi is not None and cmi.eta != 0.0
     clip_lik = bool(getattr(prior, "clip_x0", False)) if likelihood_clip is None else bool(likelihood_clip)
+    guard = DivergenceGuard(prior)
     bar = tqdm(list(sched.reverse()), desc=desc, disable=not progress, leave=False)
     for c in bar:
         x = x.detach().requires_grad_(True)
@@ -183,11 +185,52 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
                               x0_lik)
             x_new = rule(state).detach()  # 5. the sampler's rule
             del state, objective, eps, x0_hat, x0_lik, var_values  # free this step's graphs before the next forward
-        if not torch.isfinite(x_new).all():
-            bad = (~torch.isfinite(x_new.flatten(1))).any(1).nonzero().flatten().tolist()
-            raise SamplingDiverged(
-                f"the sample became non-finite at step {len(sched) - c.i} of {len(sched)} (t={c.t}) "
-                f"for batch element(s) {bad[:8]}: lower the step size (zeta / eta) or use more steps")
+        blown = guard.check(x_new, c)
+        if blown is not None:
+            where = f"at step {len(sched) - c.i} of {len(sched)} (t={c.t}) for batch element(s) {blown[1][:8]}"
+            lower = "the CMI step size (--eta)" if cmi_active else "the step size (--zeta / --weight / --gamma)"
+            raise SamplingDiverged(f"the sample {blown[0]} {where}: lower {lower} or use more steps")
         x = x_new
     return x.detach()
 
+
+def trajectory_ratio(x: torch.Tensor, c, radius: float) -> torch.Tensor:
+    """Per-sample RMS of x_{t-1} over the RMS the schedule implies for data of RMS ``radius``:
+    x_{t-1} = sqrt(abar_{t-1}) x0 + sqrt(1 - abar_{t-1}) noise has RMS sqrt(abar_{t-1} R^2 + 1 - abar_{t-1})."""
+    expected = math.sqrt(c.abar_prev * radius**2 + (1.0 - c.abar_prev))
+    return x.detach().flatten(1).pow(2).mean(1).sqrt() / expected
+
+
+class DivergenceGuard:
+    """Stops a run that left the range the schedule implies: non-finite values, or an RMS more than
+    ``factor`` times the expected one (:func:`trajectory_ratio`) for ``patience`` consecutive steps or at
+    the last step. Needs the data's RMS bound (``prior.data_radius``; 1 for priors whose data live in
+    [-1, 1]); without one only non-finite values are caught. One host sync per step."""
+
+    factor, patience = 10.0, 3
+
+    def __init__(self, prior):
+        radius = getattr(prior, "data_radius", None)
+        self.radius = 1.0 if radius is None and getattr(prior, "clip_x0", False) else radius
+        self.streak = None  # per sample: consecutive steps over the bound
+
+    def check(self, x: torch.Tensor, c):
+        """None, or (what happened, the batch elements it happened to)."""
+        finite = torch.isfinite(x.flatten(1)).all(1)
+        if self.radius is None:
+            ratio = torch.zeros_like(finite, dtype=x.dtype)
+        else:
+            ratio = trajectory_ratio(torch.nan_to_num(x), c, self.radius)
+        over = ((~finite) | (ratio > self.factor)).cpu()  # the one host sync of the step
+        if self.streak is None:
+            self.streak = torch.zeros(len(over), dtype=torch.long)
+        self.streak = (self.streak + 1) * over
+        if not bool(over.any()):
+            return None
+        if not bool(finite.all()):
+            return "became non-finite", (~finite).nonzero().flatten().tolist()
+        hit = (self.streak >= self.patience) | (over & (c.i == 0))
+        if not bool(hit.any()):
+            return None
+        r = float(ratio.max())
+        return f"blew up (its RMS reached {r:.0f}x what the schedule implies)", hit.nonzero().flatten().tolist()
