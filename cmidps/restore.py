@@ -15,6 +15,7 @@ import hashlib
 import torch
 
 from .cmi import CMIConfig
+from .drivers import DRIVERS
 from .operators import MaskOperator, TASKS, make_operator
 from .prior import from_model, to_model
 from .samplers import RULES, make_rule
@@ -34,6 +35,9 @@ DEFAULT_PARAMS = {
         "pigdm": {"*": {"weight": 1.0}},
         "mcg": {"*": {"zeta": 0.5}},
         "dsg": {"*": {"gamma": 0.2, "interval": 1}},
+        **{k: {"*": v} for k, v in (("diffpir", {"lam": 7.0, "zeta": 0.3}), ("tmpd", {"weight": 1.0}),
+                                   ("daps", {"lr": 1e-4, "langevin_steps": 100, "tau": 0.01}),
+                                   ("reddiff", {"lr": 0.25, "lam": 0.25}))},
     },
     "small": {
         "dps": {"inpaint_random": {"zeta": 8.0}, "inpaint_box": {"zeta": 2.0}, "deblur_gauss": {"zeta": 4.0},
@@ -41,6 +45,10 @@ DEFAULT_PARAMS = {
         "pigdm": {"*": {"weight": 1.0}},
         "mcg": {"*": {"zeta": 2.0}},
         "dsg": {"*": {"gamma": 0.2, "interval": 1}},
+        # The field's solvers (docs/solvers.md): their papers' / codes' defaults, not tuned on this prior.
+        **{k: {"*": v} for k, v in (("diffpir", {"lam": 7.0, "zeta": 0.3}), ("tmpd", {"weight": 1.0}),
+                                   ("daps", {"lr": 1e-3, "langevin_steps": 20}),
+                                   ("reddiff", {"lr": 0.25, "lam": 0.25}))},
     },
 }
 
@@ -56,9 +64,12 @@ def parse_method(method: str) -> tuple[str, bool]:
     name = method.strip().lower()
     use_cmi = name.startswith("cmi+")
     base = name[4:] if use_cmi else name
-    if base not in RULES or base == "none":
-        valid = [m for m in RULES if m != "none"]
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(valid)} (and cmi+X for each)")
+    if base in DRIVERS and use_cmi:
+        raise ValueError(f"{method!r} is not offered: {base} has no x_t proposal for the CMI step to move "
+                         "(docs/solvers.md)")
+    if (base not in RULES and base not in DRIVERS) or base == "none":
+        valid = [m for m in RULES if m != "none"] + list(DRIVERS)
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(valid)} (and cmi+X for each but daps, reddiff)")
     return base, use_cmi
 
 
@@ -110,9 +121,12 @@ def restore(prior, op, y: torch.Tensor, method: str = "dps", steps: int = 100, s
     items = list(range(y.shape[0])) if items is None else items
     gens = [generator(seed, "sampler", it) for it in items]
     cmi_gens = [generator(seed, "cmi", it) for it in items]
-    x = sample(prior, op, y, make_rule(base, **kw), steps, gens, sigma_y=sigma_y,
-               cmi=(cmi or CMIConfig()) if use_cmi else None, cmi_generator=cmi_gens,
-               ddim_eta=ddim_eta, progress=progress, desc=method, likelihood_clip=likelihood_clip)
+    if base in DRIVERS:  # DAPS, RED-diff: their own drivers (cmidps.drivers)
+        x = DRIVERS[base](prior, op, y, sigma_y=sigma_y, steps=steps, generator=gens, **kw)
+    else:
+        x = sample(prior, op, y, make_rule(base, **kw), steps, gens, sigma_y=sigma_y,
+                   cmi=(cmi or CMIConfig()) if use_cmi else None, cmi_generator=cmi_gens,
+                   ddim_eta=ddim_eta, progress=progress, desc=method, likelihood_clip=likelihood_clip)
     return from_model(x) if getattr(prior, "clip_x0", False) else x
 
 

@@ -12,6 +12,9 @@ Rules:
 * ``dsg``   DSG (Yang et al., ICML 2024, Alg. 1-2),
 * ``none``  no guidance.
 
+The field's stronger solvers (``ddnm``, ``ddnm_plus``, ``diffpir``, ``tmpd``) are rules too, in
+:mod:`cmidps.solvers`, registered here; DAPS and RED-diff are drivers (:mod:`cmidps.drivers`).
+
 All norms are per sample (never one norm over the batch), and no rule draws random numbers of its
 own, so X and CMI+X with the same sampler generator share all their noise.
 
@@ -30,6 +33,7 @@ import torch
 
 from .linalg import bdot, bview
 from .sampling import StepState
+from .solvers import SOLVER_RULES, SOLVER_STEP_PARAM  # ddnm, ddnm_plus, diffpir, tmpd (cmidps.solvers)
 
 
 def dps(s: StepState, zeta: float = 1.0) -> torch.Tensor:
@@ -156,10 +160,11 @@ def dsg(s: StepState, gamma: float = 0.2, interval: int = 1) -> torch.Tensor:
     return s.mean + r * _unit(d_s + gamma * (d_star - d_s))
 
 
-RULES: dict[str, Callable] = {"dps": dps, "pigdm": pigdm, "mcg": mcg, "dsg": dsg, "none": unconditional}
+RULES: dict[str, Callable] = {"dps": dps, "pigdm": pigdm, "mcg": mcg, "dsg": dsg, **SOLVER_RULES,
+                              "none": unconditional}
 
-# The step-size parameter of each rule (what the benchmark tunes).
-STEP_PARAM: dict[str, str] = {"dps": "zeta", "pigdm": "weight", "mcg": "zeta", "dsg": "gamma"}
+# The step-size parameter of each rule (what the benchmark tunes; DDNM and DDNM+ have none).
+STEP_PARAM: dict[str, str] = {"dps": "zeta", "pigdm": "weight", "mcg": "zeta", "dsg": "gamma", **SOLVER_STEP_PARAM}
 
 
 def make_rule(name: str, **params) -> Callable[[StepState], torch.Tensor]:

@@ -17,6 +17,14 @@ from cmidps.sampling import SamplingDiverged, sample
 D = torch.float64
 
 
+class Tiny(torch.nn.Module):
+    """About the epsilon of an isotropic Gaussian prior N(0, 0.25 I) on images (a well-behaved network)."""
+
+    def forward(self, x, t):
+        abar = float(torch.cumprod(1 - Schedule.linear().train_betas, 0)[int(t[0])])
+        return (1 - abar) ** 0.5 * (x / (0.25 * abar + 1 - abar) + 0.05 * torch.tanh(x))  # + a curvature
+
+
 def _gaussian(d, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(d, d, generator=g, dtype=D)
@@ -185,14 +193,6 @@ def test_solvers_work_on_image_operators_in_float32():
     from cmidps.diffusion import Schedule as S
     from cmidps.prior import NetworkPrior
 
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
-
-        def forward(self, x, t):
-            return torch.tanh(self.conv(x))
-
     torch.manual_seed(0)
     prior = NetworkPrior(Tiny(), (1, 8, 8), schedule=S.linear())
     op = RandomInpainting((1, 8, 8), 0.5, torch.Generator().manual_seed(0))
@@ -260,3 +260,26 @@ def test_reddiff_bound_catches_a_sign_error():
 def test_reddiff_weight_is_the_inverse_snr():
     c = Schedule.linear().respace(10).at(4)
     assert drivers.reddiff_weight(c, 0.5) == pytest.approx(0.5 * math.sqrt((1 - c.abar) / c.abar))
+
+
+# --- registration: restore(--method) accepts every solver --------------------------------------------
+@pytest.mark.parametrize("method", ["ddnm", "ddnm_plus", "diffpir", "tmpd", "cmi+ddnm", "cmi+diffpir",
+                                    "cmi+tmpd", "daps", "reddiff"])
+def test_restore_accepts_every_new_method(method):
+    from cmidps.prior import NetworkPrior
+    from cmidps.restore import measure, restore
+
+    torch.manual_seed(0)
+    prior = NetworkPrior(Tiny(), (1, 8, 8), schedule=Schedule.linear())
+    op, y = measure(torch.rand(2, 1, 8, 8), "inpaint_random", seed=0)
+    x = restore(prior, op, y, method, steps=3, task="inpaint_random", progress=False,
+                params={"langevin_steps": 2} if method == "daps" else None)
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all() and 0 <= float(x.min()) <= float(x.max()) <= 1
+
+
+def test_restore_refuses_cmi_with_a_driver():
+    from cmidps.restore import parse_method
+
+    with pytest.raises(ValueError, match="no x_t proposal"):
+        parse_method("cmi+daps")
+    assert parse_method("DDNM_plus") == ("ddnm_plus", False)
