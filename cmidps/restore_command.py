@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_options import add_cmi_arguments, add_measurement_arguments, cmi_config, step_params
+from .cli_options import add_cmi_arguments, add_measurement_arguments, check_sampling_options, cmi_config, step_params
 
 
 def run(args) -> int:
@@ -12,6 +12,7 @@ def run(args) -> int:
     from .models.loading import load_prior
     from .restore import measure, measurement_image, parse_method, restore
 
+    check_sampling_options(args)
     base, use_cmi = parse_method(args.method)
     method = f"cmi+{base}" if (use_cmi or args.cmi) else base
     prior = load_prior(args.model, device=args.device, model_config=args.model_config)
@@ -45,8 +46,9 @@ def register(sub) -> None:
     p.add_argument("--model", default="bundled:mnist32",
                    help="bundled:mnist32, an ADM .pt checkpoint (ffhq_10m.pt, 256x256_diffusion_uncond.pt), "
                         "or a diffusers UNet2DModel folder")
-    p.add_argument("--model-config", default=None, choices=["ffhq", "imagenet"],
-                   help="ADM configuration of a .pt checkpoint (default: guessed from its keys)")
+    p.add_argument("--model-config", default=None, metavar="ffhq|imagenet|FILE.json",
+                   help="architecture of a .pt checkpoint or bare .safetensors file: a named ADM "
+                        "configuration or a JSON of create_model kwargs (default: guessed from its keys)")
     p.add_argument("--steps", type=int, default=100, help="respaced reverse steps (the paper: 1000)")
     p.add_argument("--seed", type=int, default=0)
     add_measurement_arguments(p)

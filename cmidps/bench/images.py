@@ -26,6 +26,7 @@ from __future__ import annotations
 import cmidps  # noqa: F401  (OMP_WAIT_POLICY before torch)
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import sys
@@ -35,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from ..cli_options import add_cmi_arguments, add_measurement_arguments, cmi_config, run_command, step_params
+from ..cli_options import (add_cmi_arguments, add_measurement_arguments, check_sampling_options, cmi_config,
+                           run_command, step_params)
 from ..errors import InputError
 from ..image_sets import ImageSet, load_image_set
 from ..images import save_image
@@ -43,7 +45,7 @@ from ..operators import TASKS
 from ..restore import measure, measurement_image, parse_method, restore
 from .report import SET_METRICS_FILE, write_image_report
 from .runner import Dist, batches, my_jobs
-from .store import ResultWriter, check_config, merge_results, read_results, results_path
+from .store import ResultWriter, check_config, lock_folder, merge_results, read_results, results_path
 
 __all__ = ["add_images_parser", "run_images", "main", "BenchError", "ImageSet", "load_image_set", "job_key", "Plan"]
 
@@ -195,8 +197,9 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
                    help="a folder of PNG/JPEG images (sorted by name; id = file stem), or 'heldout' (the MNIST "
                         "held-out digits shipped with cmidps, with labels)")
     p.add_argument("--model", default="bundled:mnist32", help="bundled:mnist32, an ADM .pt checkpoint, a folder")
-    p.add_argument("--model-config", default=None, choices=["ffhq", "imagenet"],
-                   help="ADM configuration of a .pt checkpoint (default: guessed from its keys)")
+    p.add_argument("--model-config", default=None, metavar="ffhq|imagenet|FILE.json",
+                   help="architecture of a .pt checkpoint or bare .safetensors file: a named ADM "
+                        "configuration or a JSON of create_model kwargs (default: guessed from its keys)")
     p.add_argument("--tasks", default="inpaint_random,inpaint_box,deblur_gauss,deblur_motion,sr4",
                    help=f"comma-separated tasks or 'all' ({', '.join(TASKS)})")
     p.add_argument("--methods", default="dps,cmi+dps", help="comma-separated: dps, pigdm, mcg, dsg, cmi+X")
@@ -228,57 +231,91 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
 
 def run_images(args, on_job=None) -> int:
     """Run ``cmidps bench images``. ``on_job(record)`` (optional) is called after each job's line is
-    written (used by the tests to interrupt a run)."""
+    written (used by the tests to interrupt a run).
+
+    Every option is checked, the model and images loaded and every task's operator built before
+    anything is written; then the output folder is locked for the whole run
+    (:func:`cmidps.bench.store.lock_folder`: a second run on it refuses) and its ``config.json``
+    checked."""
+    tasks, methods, seeds, names = _check_options(args)
+    dist = Dist(args.shard, args.device)
+    try:
+        prior, plan, names = _prepare(args, dist, tasks, methods, seeds, names)
+        with contextlib.ExitStack() as held:
+            _claim(args, dist, prior, plan, names, held)
+            return _run(args, dist, prior, plan, on_job)
+    finally:
+        dist.close()
+
+
+def _check_options(args):
+    """(tasks, methods, seeds, metric names or None) of the options, each checked."""
     if args.steps < 1:
         raise BenchError("--steps must be >= 1")
     if args.batch < 1:
         raise BenchError("--batch must be >= 1")
     if args.limit is not None and args.limit < 1:
         raise BenchError("--limit must be >= 1")
+    check_sampling_options(args)
     tasks = _split_list(args.tasks, "tasks", TASKS)
     methods = _methods(args.methods)
     seeds = list(dict.fromkeys(int(s) for s in args.seeds))
     names = _split_list(args.metrics, "metrics", METRIC_CHOICES) if args.metrics else None
-    dist = Dist(args.shard, args.device)
-    try:
-        return _run(args, dist, tasks, methods, seeds, names, on_job)
-    finally:
-        dist.close()
+    return tasks, methods, seeds, names
 
 
-def _run(args, dist: Dist, tasks, methods, seeds, names, on_job) -> int:
+def _prepare(args, dist: Dist, tasks, methods, seeds, names):
+    """The prior, the plan and the metric names; checks that the model's schedule has ``--steps``
+    and that every task's operator can be built for these images (writes nothing)."""
     from ..models.loading import load_prior
 
-    device = dist.device
-    prior = load_prior(args.model, device=device, model_config=args.model_config)
+    prior = load_prior(args.model, device=dist.device, model_config=args.model_config)
     if len(getattr(prior, "shape", ())) != 3:
         raise BenchError(f"model {args.model!r} is not an image model (sample shape {getattr(prior, 'shape', None)})")
     if args.dtype != "float32":
         prior = prior.to(getattr(torch, args.dtype))
+    if not 1 <= args.steps <= prior.schedule.num_train_steps:
+        raise BenchError(f"--steps {args.steps}: the model's schedule has {prior.schedule.num_train_steps} "
+                         f"steps; choose 1..{prior.schedule.num_train_steps}")
     images = load_image_set(args.data, prior.shape, resize=args.resize, limit=args.limit)
     if names is None:
         names = ["psnr", "ssim", "lpips", "fid", "kid"] + (["digits"] if images.labels is not None
                                                            and tuple(prior.shape) == (1, 32, 32) else [])
+    x0 = images.get([0]).to(dist.device, getattr(torch, args.dtype))
+    for task in tasks:  # an operator that cannot be made for these images fails here, not after the writes
+        try:
+            measure(x0, task, seed=seeds[0], sigma_y=args.sigma_y, preset=args.preset, items=images.ids[:1])
+        except ValueError as exc:
+            raise BenchError(f"--tasks {task}: {exc}") from None
     plan = Plan(Path(args.out), images, tasks, methods, seeds, *_metric_plan(names, images))
-    out = plan.out
+    return prior, plan, names
 
-    # configuration: rank 0 (or each manual shard) checks/writes it; the others learn the verdict
+
+def _claim(args, dist: Dist, prior, plan: Plan, names, held: contextlib.ExitStack) -> None:
+    """Rank 0 (or each manual shard) creates and locks the output folder (the lock joins ``held``) and
+    checks or writes ``config.json``; the other ranks learn the verdict."""
     err = None
     if dist.is_main:
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            info = {"model": args.model, "data": images.source, "updated": datetime.datetime.now().isoformat(
-                timespec="seconds"), "tasks": tasks, "methods": methods, "seeds": seeds, "limit": args.limit,
-                "metrics": names}
+            plan.out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(lock_folder(plan.out, shared=dist.sharded or args.report_only, tag=dist.tag))
+            info = {"model": args.model, "data": plan.images.source, "updated": datetime.datetime.now().isoformat(
+                timespec="seconds"), "tasks": plan.tasks, "methods": plan.methods, "seeds": plan.seeds,
+                "limit": args.limit, "metrics": names}
             if not args.report_only:
-                check_config(out, _settings(args, prior, images), images.fingerprints(), info, args.force,
-                             allow_force=not dist.sharded, outputs=OUTPUTS)
+                check_config(plan.out, _settings(args, prior, plan.images), plan.images.fingerprints(), info,
+                             args.force, allow_force=not dist.sharded, outputs=OUTPUTS)
         except (BenchError, OSError) as exc:
             err = str(exc)
     err = dist.broadcast(err)
     if err is not None:
         raise BenchError(err)
 
+
+def _run(args, dist: Dist, prior, plan: Plan, on_job) -> int:
+    """Run this process's share of the pending jobs; then (rank 0, a single process, or the shard that
+    finds every job done) merge the results and write the report."""
+    out, images, tasks, methods, seeds = plan.out, plan.images, plan.tasks, plan.methods, plan.seeds
     # the jobs, and which are done (read by rank 0, before any rank writes)
     jobs = plan.jobs()
     done = set(read_results(out, job_key)) if dist.is_main or not dist.torchrun else None
@@ -314,7 +351,7 @@ def _run(args, dist: Dist, tasks, methods, seeds, names, on_job) -> int:
     results = merge_results(out, job_key, remove_parts=not dist.sharded and not args.report_only)
     notes = [f"Model `{args.model}`, data `{args.data}` ({len(images)} images), {args.steps} steps, seeds "
              f"{', '.join(map(str, seeds))}, sigma_y {args.sigma_y}."]
-    print(write_image_report(plan, results, notes, _measurement(args, device), device))
+    print(write_image_report(plan, results, notes, _measurement(args, dist.device), dist.device))
     print(f"wrote {out / 'results.jsonl'}, {out / 'table.md'}, {out / 'table.csv'}, {out / 'grid.png'}",
           file=sys.stderr)
     return 0

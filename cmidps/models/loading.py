@@ -63,17 +63,34 @@ class CheckpointError(RuntimeError):
 
 
 # --- reading state dicts ----------------------------------------------------------------------------
-def _read_torch_state_dict(path: Path, device) -> dict[str, torch.Tensor]:
-    """``torch.load(..., weights_only=True)`` with clear errors for missing/corrupt files."""
+def _read_torch_state_dict(path: Path, device, safetensors_ok: bool = False) -> dict[str, torch.Tensor]:
+    """``torch.load(..., weights_only=True)`` with clear errors for missing/corrupt files; a safetensors
+    file is read too when ``safetensors_ok`` (its architecture was given)."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}\n{DOWNLOAD_HINT}")
     if path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint file\n{SPEC_FORMS}")
+    kind = _sniff(path)
+    if kind == "safetensors":
+        if not safetensors_ok:
+            raise CheckpointError(_safetensors_hint(path))
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _unwrap_state_dict(load_file(str(path), device=str(device)), path)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"could not read {str(path)!r}: truncated or corrupt safetensors file ({err})") from err
+    if kind is None:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable checkpoint: it is neither a PyTorch file (a zip archive or a "
+            f"pickle, what torch.save writes) nor a safetensors file. Pass the checkpoint itself "
+            f"(e.g. ffhq_10m.pt) or a model folder.")
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # zip/pickle errors come in many types
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "weights only load failed" in str(err).lower():
+        if "unsupported global" in str(err).lower() or "unsupported operand" in str(err).lower():
             raise CheckpointError(
                 f"{str(path)!r} holds Python objects besides tensors and cannot be loaded safely "
                 f"(weights_only=True). Save a plain state_dict: torch.save(model.state_dict(), path). "
@@ -84,6 +101,49 @@ def _read_torch_state_dict(path: Path, device) -> dict[str, torch.Tensor]:
             f"(an interrupted download?). Download it again. Original error: {type(err).__name__}: {msg}"
         ) from err
     return _unwrap_state_dict(obj, path)
+
+
+def _sniff(path: Path) -> str | None:
+    """What a weights file is by its first bytes: ``'torch'`` (zip archive or pickle), ``'safetensors'``
+    (8-byte little-endian header length, then a JSON header) or ``None``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    return None
+
+
+def _safetensors_hint(path: Path) -> str:
+    folder = path.parent
+    if (folder / "config.json").is_file():
+        return (f"{str(path)!r} is the weights file of a model folder: pass the folder instead "
+                f"(--model {str(folder)!r}), which holds its config.json")
+    return (f"{str(path)!r} is a safetensors file without a config.json beside it: pass its architecture "
+            f"with --model-config ffhq|imagenet|FILE.json (a JSON of create_model kwargs), or put it in a "
+            f"model folder (config.json + model.safetensors)")
+
+
+def read_model_config(config):
+    """``model_config`` as given: ``None``, a named configuration (``'ffhq'``, ``'imagenet'``, ``'auto'``),
+    a dict of create_model kwargs, or the path of a JSON file holding such a dict (or a cmidps
+    ``config.json``, whose ``create_model`` entry is used)."""
+    if not isinstance(config, (str, os.PathLike)) or str(config).lower() in (*NAMED_CONFIGS, "auto"):
+        return config
+    path = Path(config).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--model-config {str(config)!r} is neither {', '.join(NAMED_CONFIGS)} nor an existing "
+                         f"JSON file of create_model kwargs")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"--model-config {str(path)!r} is not valid JSON: {err}") from err
+    if isinstance(data, dict) and isinstance(data.get("create_model"), dict):
+        data = data["create_model"]
+    if not isinstance(data, dict):
+        raise ValueError(f"--model-config {str(path)!r} must hold a JSON object of create_model kwargs")
+    return data
 
 
 def _unwrap_state_dict(obj, path) -> dict[str, torch.Tensor]:
@@ -149,7 +209,8 @@ def _build_from_state(state: dict[str, torch.Tensor], kwargs: dict, label: str, 
         if other:
             msg += f" It matches the {other[0]!r} configuration exactly: pass config={other[0]!r}."
         else:
-            msg += " Pass the right architecture as a dict of create_model kwargs (config= / model_config=)."
+            msg += (" Pass the right architecture with --model-config FILE.json (a JSON object of create_model "
+                    "kwargs; Python: model_config=dict).")
         raise CheckpointError(msg)
     net = _meta_model(kwargs)
     net.load_state_dict(state, strict=True, assign=True)
@@ -175,13 +236,16 @@ def load_adm_checkpoint(path, config="ffhq", device="cpu") -> NetworkPrior:
     The prior uses the linear 1000-step schedule (1e-4 .. 0.02) the checkpoints were trained with.
     """
     path = Path(path).expanduser()
-    state = _read_torch_state_dict(path, device)
+    config = read_model_config(config)
+    named = isinstance(config, str)
+    state = _read_torch_state_dict(path, device, safetensors_ok=not (named and config.lower() == "auto"))
     if isinstance(config, str) and config.lower() == "auto":
         config = guess_adm_config(state)
         if config is None:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} matches none of the named configurations "
-                f"({', '.join(NAMED_CONFIGS)}); pass model_config= a dict of create_model kwargs")
+                f"({', '.join(NAMED_CONFIGS)}); pass its architecture with --model-config FILE.json "
+                f"(a JSON object of create_model kwargs; Python: model_config=dict)")
     kwargs, label = _config_label(config)
     net = _build_from_state(state, kwargs, label, path)
     channels = kwargs.get("in_channels", 3)
@@ -273,8 +337,9 @@ def _is_diffusers_folder(folder: Path) -> bool:
 def load_prior(spec: str, device="cpu", model_config=None):
     """Load a diffusion prior from a spec (see the module docstring and ``SPEC_FORMS``).
 
-    ``model_config`` applies to ADM checkpoints only: ``'ffhq'``, ``'imagenet'`` or a dict of
-    ``create_model`` kwargs; by default the configuration is guessed from the checkpoint's keys/shapes.
+    ``model_config`` applies to ADM checkpoints (and bare ``.safetensors`` weight files) only:
+    ``'ffhq'``, ``'imagenet'``, a dict of ``create_model`` kwargs or the path of a JSON file holding one;
+    by default the configuration is guessed from the checkpoint's keys/shapes.
     """
     spec = os.fspath(spec)
     if spec.startswith("bundled:"):
@@ -289,7 +354,7 @@ def load_prior(spec: str, device="cpu", model_config=None):
                 f"cmidps/assets/). Bundled models present: {have or 'none'}")
         return load_network_folder(folder, device=device, name=spec)
     path = Path(spec).expanduser()
-    if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin") or path.is_file():
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin", ".safetensors") or path.is_file():
         return load_adm_checkpoint(path, config=model_config if model_config is not None else "auto",
                                    device=device)
     if path.is_dir():
