@@ -20,18 +20,22 @@ drift explicitly; TMPD adds its guidance to ``s.x_prop``, which already holds it
 Every rule needs A^+ or K-solves, i.e. a linear operator: a nonlinear one
 (:class:`cmidps.nonlinear.NonlinearOperator`) is refused with a clear error (:func:`require_linear`).
 
-DDRM (Kawar et al., NeurIPS 2022) is not here: it works coordinate-wise in the SVD basis
-``A = U S V^T`` (V^T x_t, per-singular-value noise levels), which the operators expose only
-implicitly (``solve_K`` and ``A_pinv`` are spectral functions, but no V^T of a signal); see
-docs/solvers.md.
+* ``ddrm``      DDRM (Kawar et al., NeurIPS 2022, Eq. 7-8): per singular value of A, in the SVD basis,
+* ``ddnm_svd``  DDNM+ with its per-singular-value lam_t and gamma_t (the DDNM code's SVD variant).
+
+DDRM and ``ddnm_svd`` need the SVD ``A = U S V^T`` applied to signals: :func:`svd_form` gives it for
+the operators whose SVD is explicit (dense matrices, masks, circular blurs through the DFT,
+separable super-resolution through the SVDs of its two factors) and refuses the others.
 """
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
 from .cmi import make_kinv
+from .operators import CircularBlur, DenseOperator, MaskOperator, SeparableOperator
 from .sampling import StepState
 
 
@@ -174,5 +178,153 @@ def tmpd(s: StepState, weight: float = 1.0, cg_iters: int = 20) -> torch.Tensor:
     return s.guided(v, weight * s.c.coef_x0 * s.c.sigma**2 / math.sqrt(s.c.abar))
 
 
-SOLVER_RULES = {"ddnm": ddnm, "ddnm_plus": ddnm_plus, "diffpir": diffpir, "tmpd": tmpd}
+# --- the SVD of an operator, applied to signals ------------------------------------------------------
+class SVDForm:
+    """``A = U S V^T`` of a linear operator as two maps with a function ``h`` of the singular values:
+
+        x(v, h) = V h(S) V^T v     (x space; s = 0 on the null space of A),
+        y(w, h) = V h(S) U^T w     (measurement space to x space, over the nonzero s only).
+
+    ``h`` maps a tensor of singular values to a tensor of the same shape (elementwise).
+    """
+
+    def __init__(self, x_fn, y_fn):
+        self.x, self.y = x_fn, y_fn
+
+
+def _nonzero(h, s):
+    """h(s) where s > 0, else 0."""
+    pos = s > 0
+    return torch.where(pos, h(torch.where(pos, s, torch.ones_like(s))), torch.zeros_like(s))
+
+
+_SVD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cached_svd(op, name: str, like: torch.Tensor):
+    """(U, s, Vh, s padded with zeros to Vh's size) of the buffer ``name`` of ``op``, computed once per dtype/device."""
+    per_op = _SVD_CACHE.setdefault(op, {})
+    key = (name, like.dtype, like.device)
+    if key not in per_op:
+        U, s, Vh = torch.linalg.svd(op._buf(name, like), full_matrices=True)
+        s_full = torch.zeros(Vh.shape[0], dtype=like.dtype, device=like.device)
+        s_full[: s.numel()] = s
+        per_op[key] = (U, s, Vh, s_full)
+    return per_op[key]
+
+
+def svd_form(op) -> SVDForm:
+    """The :class:`SVDForm` of ``op`` for dense matrices, masks, circular blurs and separable operators."""
+    if isinstance(op, DenseOperator):
+        def parts(like):
+            return _cached_svd(op, "matrix", like)
+
+        def x_fn(v, h):
+            _, _, Vh, s_d = parts(v)
+            return ((v @ Vh.T) * h(s_d)) @ Vh
+
+        def y_fn(w, h):
+            U, s, Vh, _ = parts(w)
+            r = s.numel()
+            return ((w @ U[:, :r]) * _nonzero(h, s)) @ Vh[:r]
+
+        return SVDForm(x_fn, y_fn)
+    if isinstance(op, MaskOperator):  # U = V = I, s = mask (0 or 1) per pixel
+        return SVDForm(lambda v, h: h(op._buf("mask", v)) * v,
+                       lambda w, h: _nonzero(h, op._buf("mask", w)) * w)
+    if isinstance(op, CircularBlur):  # A = F^-1 diag(K) F: V = F^-1, s = |K|, U = F^-1 diag(K / |K|)
+        def x_fn(v, h):
+            return op._apply_spectral(v, h(op._spectrum(v).abs()))
+
+        def y_fn(w, h):
+            K = op._spectrum(w)
+            mag = K.abs()
+            phase = torch.where(mag > 0, K.conj() / torch.where(mag > 0, mag, torch.ones_like(mag)), torch.zeros_like(K))
+            return op._apply_spectral(w, _nonzero(h, mag) * phase)
+
+        return SVDForm(x_fn, y_fn)
+    if isinstance(op, SeparableOperator):  # A = D_h kron D_w: V = V_h kron V_w, s = s_h s_w^T
+        def parts(like):
+            return [_cached_svd(op, name, like) for name in ("D_h", "D_w")]
+
+        def x_fn(v, h):
+            (_, _, Vh_h, sh), (_, _, Vh_w, sw) = parts(v)
+            return Vh_h.T @ ((Vh_h @ v @ Vh_w.T) * h(sh[:, None] * sw[None, :])) @ Vh_w
+
+        def y_fn(w, h):
+            (U_h, s_h, Vh_h, _), (U_w, s_w, Vh_w, _) = parts(w)
+            rh, rw = s_h.numel(), s_w.numel()
+            core = (U_h[:, :rh].T @ w @ U_w[:, :rw]) * _nonzero(h, s_h[:, None] * s_w[None, :])
+            return Vh_h[:rh].T @ core @ Vh_w[:rw]
+
+        return SVDForm(x_fn, y_fn)
+    raise ValueError(f"this method needs the SVD of A applied to signals, which {type(op).__name__} does not expose "
+                     "(dense, masks, circular blurs and super-resolution do): use ddnm_plus, diffpir or tmpd")
+
+
+def _ve_levels(s: StepState):
+    """The variance-exploding noise levels of x_t and x_{t-1}: sigma = sqrt((1 - abar) / abar)."""
+    return math.sqrt((1.0 - s.c.abar) / s.c.abar), math.sqrt((1.0 - s.c.abar_prev) / s.c.abar_prev)
+
+
+def ddrm(s: StepState, eta: float = 0.85, eta_b: float = 1.0) -> torch.Tensor:
+    """DDRM (Kawar et al. 2022, Eq. 7-8), in the variance-exploding variable x = x_t / sqrt(abar_t) with
+    sigma_t = sqrt((1 - abar_t) / abar_t), per coordinate of V^T (x0 = V^T x0_hat, ybar = S^+ U^T y,
+    sigma' = sigma_{t-1}, z the step's noise):
+
+        s_i = 0:                 x0 + sqrt(1 - eta^2) sigma' (x_t - x0) / sigma_t + eta sigma' z
+        sigma' <  sigma_y / s_i: x0 + sqrt(1 - eta^2) sigma' (ybar - x0) s_i / sigma_y + eta sigma' z
+        sigma' >= sigma_y / s_i: (1 - eta_b) x0 + eta_b ybar + sqrt(sigma'^2 - sigma_y^2 eta_b^2 / s_i^2) z
+
+    then x_{t-1} = sqrt(abar_{t-1}) x (+ the CMI drift). Defaults eta = 0.85, eta_b = 1 (the paper's).
+    One network evaluation per step, no backward. Departures: applied to every step of the loop's
+    respaced chain (their code uses the same DDIM-style skip); x_T ~ N(0, I) as in the loop (their
+    Eq. 7 also conditions x_T on ybar); z is the loop's noise (shared with CMI+X).
+    """
+    require_linear(s.op, "DDRM")
+    svd = svd_form(s.op)
+    sig, sig_p = _ve_levels(s)
+    sy = float(s.sigma_y)
+    x_t = s.x_t.detach() / math.sqrt(s.c.abar)
+    x0 = s.x0_hat.detach()
+    z = s.noise
+    null = lambda v: v - svd.x(v, lambda sv: (sv > 0).to(sv.dtype))  # noqa: E731  (I - V V^T over s > 0)
+    c = math.sqrt(1.0 - eta**2) * sig_p
+    out = null(x0 + c * (x_t - x0) / sig + eta * sig_p * z)
+    weak = lambda sv: sv * sig_p < sy  # noqa: E731  (sigma' < sigma_y / s)
+    # coefficients of x0, ybar and z on the row space, per singular value
+    w_x0 = lambda sv: torch.where(weak(sv), 1.0 - c * sv / sy, torch.full_like(sv, 1.0 - eta_b))  # noqa: E731
+    w_y = lambda sv: torch.where(weak(sv), c * sv / sy, torch.full_like(sv, eta_b)) / sv  # noqa: E731  (ybar = y / s)
+    w_z = lambda sv: torch.where(weak(sv), torch.full_like(sv, eta * sig_p),  # noqa: E731
+                                 (sig_p**2 - (sy * eta_b / sv) ** 2).clamp(min=0.0).sqrt())
+    row = lambda h: (lambda sv: torch.where(sv > 0, h(torch.where(sv > 0, sv, torch.ones_like(sv))),  # noqa: E731
+                                            torch.zeros_like(sv)))
+    out = out + svd.x(x0, row(w_x0)) + svd.y(s.y.expand(x0.shape[0], *s.y.shape[1:]), w_y) + svd.x(z, row(w_z))
+    return math.sqrt(s.c.abar_prev) * out + cmi_drift(s)
+
+
+def ddnm_svd(s: StepState) -> torch.Tensor:
+    """DDNM+ with per-singular-value scales (Wang et al. 2023, Eq. 17-19, the SVD form):
+
+        lam_i = min(1, sigma_t s_i / (a_t sigma_y)),  gamma_i = max(0, sigma_t^2 - (a_t sigma_y / s_i)^2),
+        x0|t = x0_hat - V diag(lam_i) V^T x0_hat + V diag(lam_i / s_i) U^T y,
+        x_{t-1} = coef_xt x_t + a_t x0|t + V Phi^(1/2) V^T z,   Phi_i = gamma_i (s_i > 0), sigma_t^2 (s_i = 0),
+
+    with sigma_t the std of q(x_{t-1} | x_t, x0) (the loop's std; its first element where it is
+    learned) and a_t = coef_x0. Same departures as :func:`ddnm_plus` otherwise.
+    """
+    require_linear(s.op, "DDNM+")
+    svd = svd_form(s.op)
+    sigma = float(s.std.flatten()[0])
+    a_sy = max(s.c.coef_x0 * float(s.sigma_y), 1e-30)
+    lam = lambda sv: torch.where(sv > 0, (sigma * sv / a_sy).clamp(max=1.0), torch.zeros_like(sv))  # noqa: E731
+    x0 = s.x0_hat.detach()
+    x0 = x0 - svd.x(x0, lam) + svd.y(s.y.expand(x0.shape[0], *s.y.shape[1:]), lambda sv: lam(sv) / sv)
+    phi = lambda sv: torch.where(sv > 0, (sigma**2 - (a_sy / torch.where(sv > 0, sv, torch.ones_like(sv))) ** 2)  # noqa: E731
+                                 .clamp(min=0.0).sqrt(), torch.full_like(sv, sigma))
+    return _posterior_step(s, x0, 0.0) + svd.x(s.noise, phi)
+
+
+SOLVER_RULES = {"ddnm": ddnm, "ddnm_plus": ddnm_plus, "ddnm_svd": ddnm_svd, "ddrm": ddrm, "diffpir": diffpir,
+                "tmpd": tmpd}
 SOLVER_STEP_PARAM = {"diffpir": "lam", "tmpd": "weight"}

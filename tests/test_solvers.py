@@ -62,10 +62,13 @@ def _flip_measurement(rule):
     return lambda s: rule(dataclasses.replace(s, y=-s.y))
 
 
-RULES = {"ddnm": solvers.ddnm, "ddnm_plus": solvers.ddnm_plus, "diffpir": solvers.diffpir, "tmpd": solvers.tmpd}
-FLIPPED = {"ddnm": _flip_measurement(solvers.ddnm), "ddnm_plus": _flip_measurement(solvers.ddnm_plus),
-           "diffpir": _flip_measurement(solvers.diffpir), "tmpd": partial(solvers.tmpd, weight=-1.0)}
-MEAN_BOUND, COV_BOUND = 0.2, 0.3  # the prior's covariance is 1.46 away; the prior mean 1.0
+RULES = {"ddnm": solvers.ddnm, "ddnm_plus": solvers.ddnm_plus, "ddnm_svd": solvers.ddnm_svd, "ddrm": solvers.ddrm,
+         "diffpir": solvers.diffpir, "tmpd": solvers.tmpd}
+FLIPPED = {**{k: _flip_measurement(v) for k, v in RULES.items()}, "tmpd": partial(solvers.tmpd, weight=-1.0)}
+MEAN_BOUND = 0.2  # the prior mean is 1.0 away (relative units)
+# The prior's covariance is 1.46 away; DDRM with its default eta = 0.85 is not an exact sampler
+# (measured 0.33 here, 0.09 with eta = 0.5), the others measured 0.10-0.15.
+COV_BOUND = {"ddrm": 0.4}
 
 
 def test_the_problem_is_informative():
@@ -77,7 +80,7 @@ def test_the_problem_is_informative():
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_solver_matches_the_exact_posterior(name):
     mean_err, cov_err = _run_rule(RULES[name])
-    assert mean_err < MEAN_BOUND and cov_err < COV_BOUND, (mean_err, cov_err)
+    assert mean_err < MEAN_BOUND and cov_err < COV_BOUND.get(name, 0.3), (mean_err, cov_err)
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
@@ -86,7 +89,37 @@ def test_the_bound_catches_a_sign_error(name):
         mean_err, cov_err = _run_rule(FLIPPED[name])
     except SamplingDiverged:
         return
-    assert not (mean_err < MEAN_BOUND and cov_err < COV_BOUND), (mean_err, cov_err)
+    assert not (mean_err < MEAN_BOUND and cov_err < COV_BOUND.get(name, 0.3)), (mean_err, cov_err)
+
+
+def _svd_cases():
+    from cmidps.operators import GaussianBlur, SuperResolution
+    g = torch.Generator().manual_seed(11)
+    return [DenseOperator(torch.randn(3, 6, generator=g, dtype=D)), RandomInpainting((2, 8, 8), 0.6, g),
+            GaussianBlur((1, 8, 8), 5, 1.0), SuperResolution((1, 8, 8), 2)]
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_svd_form_is_the_operators_svd(k):
+    """x(v, 1[s>0]) = A^+ A v, y(w, 1/s) = A^+ w (exact pseudo-inverse), y(A v, h) = x(v, h s)."""
+    op = _svd_cases()[k]
+    svd = solvers.svd_form(op)
+    g = torch.Generator().manual_seed(12)
+    v = torch.randn(2, *op.x_shape, generator=g, dtype=D)
+    w = op.A(torch.randn(2, *op.x_shape, generator=g, dtype=D))  # in the range of A
+    one = lambda s: (s > 0).to(s.dtype)  # noqa: E731
+    pinv = (lambda u: op.cg_solve_K(u, 1.0, 0.0)) if k == 2 else None  # the blur's A_pinv is truncated
+    a_pinv = (lambda u: op.A_adjoint(pinv(u))) if pinv else op.A_pinv
+    torch.testing.assert_close(svd.x(v, one), a_pinv(op.A(v)), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(svd.y(w, lambda s: 1 / s), a_pinv(w), rtol=1e-6, atol=1e-8)
+    h = lambda s: torch.cos(s) + 2.0  # noqa: E731
+    torch.testing.assert_close(svd.y(op.A(v), h), svd.x(v, lambda s: h(s) * s), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(svd.x(v, lambda s: torch.ones_like(s)), v)  # V is orthogonal
+
+
+def test_svd_form_refuses_operators_without_one():
+    with pytest.raises(ValueError, match="SVD"):
+        solvers.svd_form(object())
 
 
 def test_ddnm_x0_is_consistent_with_the_measurement():
@@ -263,7 +296,7 @@ def test_reddiff_weight_is_the_inverse_snr():
 
 
 # --- registration: restore(--method) accepts every solver --------------------------------------------
-@pytest.mark.parametrize("method", ["ddnm", "ddnm_plus", "diffpir", "tmpd", "cmi+ddnm", "cmi+diffpir",
+@pytest.mark.parametrize("method", ["ddnm", "ddnm_plus", "ddnm_svd", "ddrm", "diffpir", "tmpd", "cmi+ddnm", "cmi+diffpir",
                                     "cmi+tmpd", "daps", "reddiff"])
 def test_restore_accepts_every_new_method(method):
     from cmidps.prior import NetworkPrior

@@ -31,15 +31,27 @@ import torch
 from ..cmi import CMIConfig, ESTIMATORS, ETA_SCHEDULES, KINV
 from ..operators import DenseOperator
 from ..prior import GaussianMixturePrior
+from ..drivers import DRIVERS, DRIVER_STEP_PARAM
 from ..samplers import STEP_PARAM, make_rule
 from ..sampling import SamplingDiverged, sample
 
 DTYPE = torch.float64
-BASELINES = ("dps", "pigdm", "mcg", "dsg")
-METHODS = tuple(m for x in BASELINES for m in (x, "cmi+" + x))
-DEFAULT_STEP = {"dps": 1.0, "pigdm": 1.0, "mcg": 1.0, "dsg": 0.2}
+# The paper's baselines, then the field's solvers (cmidps.solvers: rules; cmidps.drivers: DAPS, RED-diff).
+BASELINES = ("dps", "pigdm", "mcg", "dsg", "ddnm", "ddnm_plus", "ddnm_svd", "ddrm", "diffpir", "tmpd", "daps",
+             "reddiff")
+CMI_BASELINES = tuple(b for b in BASELINES if b not in DRIVERS)  # CMI needs an x_t proposal (docs/solvers.md)
+METHODS = tuple(m for x in BASELINES for m in ((x, "cmi+" + x) if x in CMI_BASELINES else (x,)))
+TUNED_PARAM = {**STEP_PARAM, **DRIVER_STEP_PARAM}  # the tuned parameter of each method (DDNM, DDNM+: none)
+DEFAULT_STEP = {"dps": 1.0, "pigdm": 1.0, "mcg": 1.0, "dsg": 0.2, "diffpir": 1.0, "tmpd": 1.0, "daps": 1e-3,
+                "reddiff": 0.25}
 DEFAULT_GRID = {"dps": [0.1, 0.3, 1.0, 3.0], "pigdm": [0.3, 1.0, 2.0, 4.0],
-                "mcg": [0.1, 0.3, 1.0, 3.0], "dsg": [0.1, 0.2, 0.5, 1.0]}
+                "mcg": [0.1, 0.3, 1.0, 3.0], "dsg": [0.1, 0.2, 0.5, 1.0],
+                "diffpir": [0.3, 1.0, 3.0, 10.0], "tmpd": [0.3, 0.5, 1.0, 1.5],
+                "daps": [1e-4, 1e-3, 1e-2, 3e-2], "reddiff": [0.03, 0.1, 0.3, 1.0]}
+# Fixed settings of the field's solvers here (not tuned): DiffPIR's noise share, TMPD's CG, DAPS's chain.
+SOLVER_FIXED = {"diffpir": {"zeta": 0.3}, "tmpd": {"cg_iters": 20},
+                "daps": {"langevin_steps": 20, "ode_steps": 1, "lr_min_ratio": 0.01},
+                "reddiff": {"lam": 0.25}}
 DEFAULT_ETA_GRID = [0.01, 0.03, 0.1, 0.3]
 
 # Offsets that derive independent generator seeds from a problem seed.
@@ -121,9 +133,10 @@ def base_of(method: str) -> str:
 def rule_params(method: str, params: dict) -> dict:
     """The rule's keyword arguments for ``method`` from the settings dict (see :func:`settings_from_args`)."""
     base = base_of(method)
-    kw = {STEP_PARAM[base]: params["step"][base]}
+    kw = {TUNED_PARAM[base]: params["step"][base]} if base in TUNED_PARAM else {}
     if base == "dsg":
         kw["interval"] = params["dsg_interval"]
+    kw.update(SOLVER_FIXED.get(base, {}))
     return kw
 
 
@@ -136,6 +149,10 @@ def run_method(problem: Problem, method: str, params: dict, steps: int, samples:
     use_cmi = method.startswith("cmi+")
     if use_cmi and cmi is None:
         raise ValueError(f"{method} needs a CMI configuration")
+    if base in DRIVERS:
+        return DRIVERS[base](problem.prior, problem.op, problem.y, problem.sigma_y, steps=steps,
+                             generator=torch.Generator().manual_seed(problem.seed + _SAMPLER), batch=samples,
+                             **rule_params(method, params))
     return sample(problem.prior, problem.op, problem.y, make_rule(base, **rule_params(method, params)), steps=steps,
                   generator=torch.Generator().manual_seed(problem.seed + _SAMPLER), sigma_y=problem.sigma_y,
                   batch=samples, cmi=cmi if use_cmi else None,
@@ -190,11 +207,11 @@ def tune(params: dict, methods: list[str], seeds: list[int], grids: dict, eta_gr
     problems = [draw_problem(dim, meas, s) for s in seeds]
     refs = [references(p, params["ref_samples"])[0] for p in problems]
     theta = random_directions(dim, params["directions"], params["direction_seed"])
-    n_runs = len(seeds) * (sum(len(grids[b]) for b in bases) + len(cmi_bases) * len(eta_grid))
+    n_runs = len(seeds) * (sum(len(grids[b]) for b in bases if b in TUNED_PARAM) + len(cmi_bases) * len(eta_grid))
     bar = tqdm(total=n_runs, desc=f"tuning d={dim} m={meas}", disable=not progress)
-    record = {"seeds": list(seeds), "grids": {b: list(grids[b]) for b in bases}, "eta_grid": list(eta_grid),
+    record = {"seeds": list(seeds), "grids": {b: list(grids[b]) for b in bases if b in TUNED_PARAM}, "eta_grid": list(eta_grid),
               "step_scores": {}, "eta_scores": {}, "chosen_step": {}, "chosen_eta": {}}
-    for b in bases:
+    for b in [b for b in bases if b in TUNED_PARAM]:
         scores = {}
         for v in grids[b]:
             trial = {**params, "step": {**params["step"], b: v}}
@@ -296,7 +313,24 @@ def summarize(out: dict) -> dict:
         paired[x] = {"wins": sum(d < 0 for d in diffs), "losses": sum(d > 0 for d in diffs),
                      "ties": sum(d == 0 for d in diffs), "n": len(common), "diff": mean_ci(diffs),
                      "cost_ratio": per[cx]["sec_per_step"] / per[x]["sec_per_step"]}
-    return {"methods": per, "floor": mean_ci([f["sw2"] for f in out["floor"]]), "paired": paired}
+    return {"methods": per, "floor": mean_ci([f["sw2"] for f in out["floor"]]), "paired": paired,
+            "ranking": ranking(by, per)}
+
+
+def ranking(by: dict, per: dict) -> list[dict]:
+    """Methods by mean SW2 (those that diverged on some seed last), each with its paired difference to
+    the first: mean of SW2(method) - SW2(best) over the seeds both finished, with its 95% interval."""
+    order = sorted(per, key=lambda m: (per[m]["diverged"] > 0, per[m]["sw2"][0]))
+    if not order:
+        return []
+    best = {r["seed"]: r["sw2"] for r in by[order[0]]}
+    rows = []
+    for m in order:
+        mine = {r["seed"]: r["sw2"] for r in by[m]}
+        diffs = [mine[k] - best[k] for k in mine if k in best and mine[k] is not None and best[k] is not None]
+        rows.append({"method": m, "sw2": per[m]["sw2"], "diverged": per[m]["diverged"], "vs_best": mean_ci(diffs),
+                     "n": len(diffs)})
+    return rows
 
 
 def format_table(out: dict) -> str:
@@ -322,6 +356,11 @@ def format_table(out: dict) -> str:
             dm, dci = p["diff"]
             lines.append(f"{'cmi+' + x + ' vs ' + x:<18} {p['wins']:>3}/{p['n']:<3} {dm:>+14.4f} +- {dci:<10.4f} "
                          f"{p['cost_ratio']:>9.2f}x")
+    lines.append(f"{'rank':<5} {'method':<16} {'SW2 - SW2(best) +- 95% (paired)':>32}")
+    for k, r in enumerate(s["ranking"], 1):
+        dm, dci = r["vs_best"]
+        div = f" ({r['diverged']} diverged)" if r["diverged"] else ""
+        lines.append(f"{k:<5} {r['method']:<16} {dm:>+14.4f} +- {dci:<10.4f}{div}")
     return "\n".join(lines)
 
 
@@ -349,8 +388,10 @@ def add_gmm_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--zeta-mcg", type=float, default=DEFAULT_STEP["mcg"], help="MCG gradient step size")
     p.add_argument("--gamma-dsg", type=float, default=DEFAULT_STEP["dsg"], help="DSG guidance rate")
     p.add_argument("--interval-dsg", type=int, default=1, help="DSG guidance interval")
+    for b in ("diffpir", "tmpd", "daps", "reddiff"):
+        p.add_argument(f"--{TUNED_PARAM[b]}-{b}", type=float, default=DEFAULT_STEP[b], help=f"{b}'s {TUNED_PARAM[b]}")
     p.add_argument("--eta", type=float, default=0.1, help="CMI step size for every CMI+X")
-    for b in BASELINES:
+    for b in CMI_BASELINES:
         p.add_argument(f"--eta-{b}", type=float, default=None, help=f"CMI step size for cmi+{b} (overrides --eta)")
     p.add_argument("--cmi", default="lowrank", choices=ESTIMATORS, help="CMI gradient estimator")
     p.add_argument("--kinv", default="isotropic", choices=KINV, help="how K^-1 is applied")
@@ -359,9 +400,9 @@ def add_gmm_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eta-schedule", default="constant", choices=ETA_SCHEDULES)
     p.add_argument("--tune-seeds", type=int, nargs="*", default=None,
                    help="tune step sizes, then etas, on these seeds first (keep them apart from --seeds)")
-    for b in BASELINES:
+    for b in DEFAULT_GRID:
         p.add_argument(f"--grid-{b}", type=_floats, default=DEFAULT_GRID[b],
-                       help=f"{STEP_PARAM[b]} grid for {b} (comma-separated; default {DEFAULT_GRID[b]})")
+                       help=f"{TUNED_PARAM[b]} grid for {b} (comma-separated; default {DEFAULT_GRID[b]})")
     p.add_argument("--eta-grid", type=_floats, default=DEFAULT_ETA_GRID, help="eta grid for the CMI+X")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--no-progress", action="store_true")
@@ -370,11 +411,13 @@ def add_gmm_parser(bench_subparsers) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args) -> dict:
-    eta = {b: (getattr(args, f"eta_{b}") if getattr(args, f"eta_{b}") is not None else args.eta) for b in BASELINES}
+    eta = {b: (getattr(args, f"eta_{b}") if getattr(args, f"eta_{b}") is not None else args.eta) for b in CMI_BASELINES}
+    solver_steps = {b: getattr(args, f"{TUNED_PARAM[b]}_{b}") for b in ("diffpir", "tmpd", "daps", "reddiff")}
     return {"dim": args.dim, "meas": args.meas, "steps": args.steps, "samples": args.samples,
             "ref_samples": args.ref_samples, "directions": args.directions, "direction_seed": args.direction_seed,
-            "step": {"dps": args.zeta_dps, "pigdm": args.weight_pigdm, "mcg": args.zeta_mcg, "dsg": args.gamma_dsg},
-            "step_param": dict(STEP_PARAM), "dsg_interval": args.interval_dsg, "eta": eta,
+            "step": {"dps": args.zeta_dps, "pigdm": args.weight_pigdm, "mcg": args.zeta_mcg, "dsg": args.gamma_dsg,
+                     **solver_steps},
+            "step_param": dict(TUNED_PARAM), "solver_fixed": SOLVER_FIXED, "dsg_interval": args.interval_dsg, "eta": eta,
             "cmi": {"estimator": args.cmi, "kinv": args.kinv, "cg_iters": args.cg_iters, "probes": args.probes,
                     "eta_schedule": args.eta_schedule},
             "dtype": "float64", "sampler": "DDPM ancestral (respaced)", "torch": torch.__version__}
@@ -391,7 +434,7 @@ def run_gmm(args) -> dict:
     tuning = None
     t0 = time.perf_counter()
     if args.tune_seeds:
-        grids = {b: getattr(args, f"grid_{b}") for b in BASELINES}
+        grids = {b: getattr(args, f"grid_{b}") for b in DEFAULT_GRID}
         tuning = tune(params, methods, args.tune_seeds, grids, args.eta_grid, progress=not args.no_progress)
         tuning["seconds"] = time.perf_counter() - t0
     out = run_benchmark(params, methods, args.seeds, progress=not args.no_progress)
