@@ -7,13 +7,20 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import cmidps, torch, pytest, diffusers, torchmetrics" 2>/dev/null; then
+# The install is stamped with a hash of what defines it (pyproject.toml and this script): a matching
+# stamp skips the check, so a call costs no imports; an edit of either re-runs the install.
+STAMP=.venv/.cmidps-install
+WANT=$(cat pyproject.toml run.sh | cksum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "setting up .venv (first run only) ..." >&2
-  "$PY" -m venv .venv
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   # The CPU build of torch; a bare 'torch' requirement would pull a multi-GB CUDA build.
-  .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[test]"
+  if ! { .venv/bin/pip install -q "torch==2.13.0" && .venv/bin/pip install -q -e ".[test]" &&
+         .venv/bin/python -c "import cmidps, torch, pytest, diffusers, torchmetrics"; } > .venv/install.log 2>&1; then
+    tail -20 .venv/install.log >&2; echo "set-up failed; full log: .venv/install.log" >&2; exit 1
+  fi
+  echo "$WANT" > "$STAMP"
 fi
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 cmd=${1:-demo}

@@ -42,7 +42,13 @@ def _add_bench(sub) -> None:
 
 def main(argv=None) -> int:
     """``cmidps ...``: parse, run, and return the exit code (see :func:`cmidps.cli_options.run_command`)."""
-    return run_command(build_parser().parse_args(argv))
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args == ["--version"]:  # answered without importing torch (building the parser imports it)
+        from . import __version__
+
+        print(f"cmidps {__version__}")
+        return 0
+    return run_command(build_parser().parse_args(args))
 
 
 if __name__ == "__main__":
