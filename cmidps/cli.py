@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         from . import __version__
 
         print(f"cmidps {__version__}")
-        return 0
+        raise SystemExit(0)  # as argparse's version action does
     return run_command(build_parser().parse_args(args))
 
 

@@ -7,13 +7,14 @@ no command, so no module needs the entry point and there is no import circle.
 * :func:`add_cmi_arguments` / :func:`cmi_config`: the CMI plug-in's options and the
   :class:`~cmidps.cmi.CMIConfig` they make;
 * :func:`add_measurement_arguments` / :func:`step_params`: noise, task preset and the samplers' step
-  sizes (restore, bench images);
+  sizes (restore, bench images); :func:`check_sampling_options` checks the numbers of both groups;
 * :func:`run_command`: runs a parsed command and turns its outcome into an exit code (0, the command's
   own code, 2 with one ``error:`` line for a known failure, 130 on Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 
@@ -56,6 +57,20 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
 def step_params(args) -> dict:
     """The step sizes given on the command line (``zeta``, ``weight``, ``gamma``; the unset ones left out)."""
     return {k: v for k, v in (("zeta", args.zeta), ("weight", args.weight), ("gamma", args.gamma)) if v is not None}
+
+
+def check_sampling_options(args) -> None:
+    """Check the numeric options of :func:`add_cmi_arguments` and :func:`add_measurement_arguments`
+    that ``args`` has (a ``ValueError`` naming the option): step sizes, noise and eta finite and
+    >= 0; probes and CG iterations >= 1."""
+    for name in ("sigma_y", "zeta", "weight", "gamma", "eta"):
+        v = getattr(args, name, None)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    for name in ("probes", "cg_iters"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
 
 
 INTERRUPTED = "interrupted (a bench run resumes where it stopped: rerun the same command)"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cli_options import add_cmi_arguments, cmi_config
+from .cli_options import add_cmi_arguments, check_sampling_options, cmi_config
 from .operators import TASKS
 
 
@@ -75,6 +75,11 @@ def format_table(rows) -> str:
 
 
 def _run(args) -> int:
+    if args.images < 1:
+        raise ValueError(f"--images must be >= 1, got {args.images}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    check_sampling_options(args)
     t0 = time.perf_counter()
     report = run_demo(args.out, args.model, args.images, args.steps, args.seed, cmi=cmi_config(args),
                       progress=not args.quiet)

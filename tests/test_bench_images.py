@@ -241,3 +241,82 @@ def test_report_statistics():
     d = cmi_differences(recs, ["psnr"])[("sr4", "cmi+dps")]["psnr"]
     assert d[0] == pytest.approx(1.0) and d[2] == 3
     assert d[1] == pytest.approx(1.96 * np.std([1.0, 1.5, 0.5], ddof=1) / np.sqrt(3))
+
+
+def _module_run(argv, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    return subprocess.Popen([sys.executable, "-m", "cmidps.bench.images", *argv], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def _small_argv(model, data, out, *extra):
+    return ["--data", str(data), "--model", str(model), "--tasks", "sr4", "--methods", "dps,cmi+dps", "--steps", "2",
+            "--seeds", "0", "--out", str(out), "--batch", "1", "--eta", "0.2", "--quiet", *extra]
+
+
+def test_a_second_run_on_a_locked_folder_refuses_and_loses_nothing(tiny_model, data_dir, tmp_path):
+    """Two real bench processes on one --out: the first is frozen (SIGSTOP) while it holds the folder;
+    the second refuses with exit 2 and writes nothing; the first then finishes every job."""
+    import signal
+    import time
+
+    out = tmp_path / "shared"
+    first = _module_run(_small_argv(tiny_model, data_dir, out))
+    deadline = time.time() + 200
+    while not (out / "config.json").is_file():  # written after the lock is taken
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        before = sorted(p.name for p in out.iterdir())
+        second = _module_run(_small_argv(tiny_model, data_dir, out))
+        _, err = second.communicate(timeout=200)
+        assert second.returncode == 2, err[-2000:]
+        assert "another run is using" in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == before  # the second run wrote nothing
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=200)
+    assert first.returncode == 0, err[-2000:]
+    assert len(_lines(out / "results.jsonl")) == 2 * N_IMAGES  # every job of the first run is there
+
+
+def test_folder_lock_kinds(tmp_path):
+    from cmidps.bench.store import lock_folder
+
+    with lock_folder(tmp_path, shared=True, tag="shard0of2"), lock_folder(tmp_path, shared=True, tag="shard1of2"):
+        with pytest.raises(BenchError, match="another run is using"):  # a whole run beside shards
+            with lock_folder(tmp_path):
+                pass
+        with pytest.raises(BenchError, match="another run is using"):  # the same shard twice
+            with lock_folder(tmp_path, shared=True, tag="shard0of2"):
+                pass
+    with lock_folder(tmp_path):  # released
+        with pytest.raises(BenchError, match="another run is using"):
+            with lock_folder(tmp_path, shared=True):
+                pass
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--steps", "2000"), r"--steps 2000: the model's schedule has 1000 steps"),
+    (("--sigma-y", "-1"), r"--sigma-y must be a finite number >= 0"),
+    (("--eta", "nan"), r"--eta must be a finite number >= 0"),
+    (("--tasks", "inpaint_box", "--preset", "paper"), r"--tasks inpaint_box: a 128x128 box .* does not fit"),
+])
+def test_bad_options_are_refused_before_anything_is_written(tiny_model, data_dir, tmp_path, extra, message):
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=message):
+        run_images(_args(tiny_model, data_dir, out, *extra))
+    assert not out.exists()
+
+
+def test_the_corrected_command_runs_after_a_refused_one(tiny_model, data_dir, tmp_path, capsys):
+    from cmidps.cli import main
+
+    out = tmp_path / "o"
+    argv = ["bench", "images", *_small_argv(tiny_model, data_dir, out, "--limit", "1")]
+    assert main([*argv, "--steps", "2000"]) == 2
+    assert "--steps 2000" in capsys.readouterr().err and not out.exists()
+    assert main(argv) == 0 and len(_lines(out / "results.jsonl")) == 2
