@@ -33,7 +33,9 @@ def _data_fit(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _grad_data_fit(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """grad_x 1/2 ||y - A(x)||^2 per sample (A^T (A x - y) for a linear A), by autograd."""
+    """grad_x 1/2 ||y - A(x)||^2 per sample: A^T (A x - y) for a linear A, by autograd for a nonlinear one."""
+    if not getattr(op, "nonlinear", False):
+        return op.A_adjoint(op.A(x) - y)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(0.5 * _data_fit(op, x, y).sum(), x)
