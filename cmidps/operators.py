@@ -16,8 +16,14 @@ i.e. they return the pseudo-inverse solution in the range of ``A``; for ``v`` in
 that is the exact solution. :meth:`LinearOperator.cg_solve_K` solves the same system by conjugate
 gradients (fallback, and the tests' cross-check).
 
-Tasks (``make_operator``): random inpainting, box inpainting, Gaussian deblurring, motion deblurring,
+Tasks (``make_operator``, settings from the preset table :mod:`cmidps.presets`): random inpainting,
+box inpainting (one mask for a batch, or one per image), Gaussian deblurring, motion deblurring (with
+reflection padding as in the DPS code, :class:`ReflectBlur`, or circular, :class:`CircularBlur`),
 4x bicubic super-resolution; plus :class:`DenseOperator` for the vector benchmark.
+
+Blurs *convolve* with their kernel; the DPS code's ``nn.Conv2d`` *correlates*, i.e. applies the kernel
+rotated by 180 degrees. The two agree for symmetric kernels (every Gaussian); a non-symmetric kernel
+taken from the DPS code must be flipped (``kernel.flip(0, 1)``) to give the same operator.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import torch
 from .linalg import batched_cg
 
 from .motion import motion_kernel
+from .presets import PRESET_NAMES, get_preset
 
 Tensor = torch.Tensor
 Scalar = float | Tensor
@@ -113,39 +120,53 @@ class MaskOperator(LinearOperator):
     """``A = diag(mask)``: keep the pixels where ``mask = 1``, zero the others.
 
     Representation: ``y`` has the shape of ``x``, with zeros at the masked pixels (as in the DPS
-    code, so that ``y`` is an image). ``mask`` has shape ``(1, H, W)`` and is shared by all channels.
-    Then ``A^T = A = A^+ = diag(mask)`` (an orthogonal projection) and ``A A^T = diag(mask)``, so
+    code, so that ``y`` is an image). ``mask`` is shared by all channels: one ``(H, W)`` mask for the
+    whole batch (buffer shape ``(1, H, W)``), or ``(B, H, W)``, one per batch element (buffer
+    ``(B, 1, H, W)``; then every input must have batch size ``B``). Then ``A^T = A = A^+ = diag(mask)``
+    (an orthogonal projection) and ``A A^T = diag(mask)``, so
 
         (s2 I + r2 A A^T)^{-1} v = v / (s2 + r2 mask).
 
     ``A A^T`` is singular: with ``s2 = 0`` the masked entries get 0, i.e. measurement space is
     treated as the range of ``A`` (the masked entries of any ``y = A x + A n`` are 0 anyway). With
-    ``s2 > 0`` the masked entries of ``v`` are divided by ``s2``, the exact inverse on the full space.
+    ``s2 > 0`` the masked entries of ``v`` are divided by ``s2``, the exact inverse on the full space
+    (the case of the DPS code's measurement, whose noise covers the masked pixels too).
     """
 
     def __init__(self, x_shape: tuple[int, ...], mask: Tensor):
         super().__init__(x_shape, x_shape)
         C, H, W = self.x_shape
         mask = torch.as_tensor(mask, dtype=torch.float64)
-        if mask.shape != (H, W):
-            raise ValueError(f"mask must have shape {(H, W)}, got {tuple(mask.shape)}")
-        self.register_buffer("mask", mask[None].clone())
+        if mask.shape[-2:] != (H, W) or mask.ndim not in (2, 3):
+            raise ValueError(f"mask must have shape {(H, W)} or (B, {H}, {W}), got {tuple(mask.shape)}")
+        self.register_buffer("mask", mask[None].clone() if mask.ndim == 2 else mask[:, None].clone())
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether each batch element has its own mask."""
+        return self.mask.ndim == 4
+
+    def _m(self, like: Tensor) -> Tensor:
+        if self.per_sample and like.shape[0] != self.mask.shape[0]:
+            raise ValueError(f"this operator has {self.mask.shape[0]} per-image masks; got a batch of {like.shape[0]}")
+        return self._buf("mask", like)
 
     def A(self, x: Tensor) -> Tensor:
-        return x * self._buf("mask", x)
+        return x * self._m(x)
 
     def A_adjoint(self, y: Tensor) -> Tensor:
-        return y * self._buf("mask", y)
+        return y * self._m(y)
 
     def A_pinv(self, y: Tensor) -> Tensor:
-        return y * self._buf("mask", y)
+        return y * self._m(y)
 
     def solve_K(self, v: Tensor, r2: Scalar, s2: Scalar) -> Tensor:
-        den = _per_sample(s2, v) + _per_sample(r2, v) * self._buf("mask", v)
+        den = _per_sample(s2, v) + _per_sample(r2, v) * self._m(v)
         return v * _safe_reciprocal(den)
 
     @property
     def masked_fraction(self) -> float:
+        """The masked share of the pixels (averaged over the masks of a per-sample operator)."""
         return 1.0 - float(self.mask.mean())
 
 
@@ -155,43 +176,80 @@ def _image_shape(x_shape) -> tuple[int, int, int]:
     return tuple(int(s) for s in x_shape)
 
 
-class RandomInpainting(MaskOperator):
-    """Random inpainting: ``int(H * W * fraction_masked)`` pixel positions masked on every channel.
+def random_mask(H: int, W: int, fraction_masked, generator: torch.Generator | None = None) -> Tensor:
+    """A random inpainting mask: ``int(H * W * p)`` pixel positions set to 0 (the DPS code's
+    ``mask_generator``, type ``random``), the first entries of a random permutation.
 
-    The positions are the first entries of a random permutation drawn from ``generator``.
+    ``fraction_masked``: the share ``p``, or a range ``(lo, hi)`` from which ``p ~ U(lo, hi)`` is drawn
+    first (the DPS code draws ``p`` per image from ``U(0.3, 0.7)``).
+    """
+    if isinstance(fraction_masked, (tuple, list)):
+        lo, hi = (float(v) for v in fraction_masked)
+        if not 0.0 <= lo <= hi < 1.0:
+            raise ValueError(f"a masked-fraction range must satisfy 0 <= lo <= hi < 1, got {fraction_masked}")
+        fraction_masked = lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
+    if not 0.0 <= fraction_masked < 1.0:
+        raise ValueError(f"fraction_masked must lie in [0, 1), got {fraction_masked}")
+    mask = torch.ones(H * W, dtype=torch.float64)
+    mask[torch.randperm(H * W, generator=generator)[: int(H * W * fraction_masked)]] = 0.0
+    return mask.view(H, W)
+
+
+class RandomInpainting(MaskOperator):
+    """Random inpainting: ``int(H * W * fraction_masked)`` pixel positions masked on every channel
+    (:func:`random_mask`; ``fraction_masked`` may be a range ``(lo, hi)``, drawn once).
+
+    With a list of generators, one mask per generator (a per-sample operator: image ``b`` of a batch
+    gets the mask of ``generator[b]``, and with a range its own fraction).
     """
 
-    def __init__(self, x_shape, fraction_masked: float = 0.9, generator: torch.Generator | None = None):
+    def __init__(self, x_shape, fraction_masked=0.9, generator=None):
         C, H, W = _image_shape(x_shape)
-        if not 0.0 <= fraction_masked < 1.0:
-            raise ValueError(f"fraction_masked must lie in [0, 1), got {fraction_masked}")
-        n_masked = int(H * W * fraction_masked)
-        mask = torch.ones(H * W, dtype=torch.float64)
-        mask[torch.randperm(H * W, generator=generator)[:n_masked]] = 0.0
-        super().__init__((C, H, W), mask.view(H, W))
+        if isinstance(generator, (list, tuple)):
+            mask = torch.stack([random_mask(H, W, fraction_masked, g) for g in generator])
+        else:
+            mask = random_mask(H, W, fraction_masked, generator)
+        super().__init__((C, H, W), mask)
         self.fraction_masked = fraction_masked
+
+
+def box_corner(size: int, box_size: int, margin: int, far_margin: int, generator) -> int:
+    """A box's top (or left) coordinate, uniform on ``[margin, size - far_margin - box_size]`` (inclusive)."""
+    return int(torch.randint(margin, size - far_margin - box_size + 1, (1,), generator=generator))
 
 
 class BoxInpainting(MaskOperator):
     """Box inpainting: a ``box_size x box_size`` box masked (all channels).
 
-    Its top-left corner is drawn uniformly so that the box is at least ``margin`` pixels from every
-    border: ``top in [margin, H - margin - box_size]`` (inclusive), likewise ``left``.
+    Its top-left corner is drawn uniformly with ``top in [margin, H - far_margin - box_size]``
+    (inclusive), likewise ``left``; ``far_margin`` defaults to ``margin`` (the box at least ``margin``
+    pixels from every border). The DPS code draws the corner with numpy's ``randint(margin, H - margin
+    - box_size)``, whose upper bound is exclusive: that is ``far_margin = margin + 1`` (corners in
+    [16, 111] for a 128 box in 256 px). With a list of generators, one box per generator (per sample).
     """
 
-    def __init__(self, x_shape, box_size: int = 128, margin: int = 16, generator: torch.Generator | None = None):
+    def __init__(self, x_shape, box_size: int = 128, margin: int = 16, generator=None,
+                 far_margin: int | None = None):
         C, H, W = _image_shape(x_shape)
-        if box_size < 1 or margin < 0 or box_size + 2 * margin > min(H, W):
+        far_margin = margin if far_margin is None else far_margin
+        if box_size < 1 or margin < 0 or far_margin < 0 or box_size + margin + far_margin > min(H, W):
             raise ValueError(
-                f"a {box_size}x{box_size} box with margin {margin} does not fit in a {H}x{W} image "
-                f"(need box_size + 2 * margin <= {min(H, W)})"
+                f"a {box_size}x{box_size} box with margins {margin}/{far_margin} does not fit in a {H}x{W} image "
+                f"(need box_size + both margins <= {min(H, W)})"
             )
-        top = int(torch.randint(margin, H - margin - box_size + 1, (1,), generator=generator))
-        left = int(torch.randint(margin, W - margin - box_size + 1, (1,), generator=generator))
-        mask = torch.ones(H, W, dtype=torch.float64)
-        mask[top : top + box_size, left : left + box_size] = 0.0
-        super().__init__((C, H, W), mask)
-        self.box = (top, left, box_size)
+        gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        boxes, masks = [], []
+        for g in gens:
+            top = box_corner(H, box_size, margin, far_margin, g)
+            left = box_corner(W, box_size, margin, far_margin, g)
+            mask = torch.ones(H, W, dtype=torch.float64)
+            mask[top : top + box_size, left : left + box_size] = 0.0
+            boxes.append((top, left, box_size))
+            masks.append(mask)
+        per_sample = isinstance(generator, (list, tuple))
+        super().__init__((C, H, W), torch.stack(masks) if per_sample else masks[0])
+        self.box = boxes if per_sample else boxes[0]
+        self.margins = (int(margin), int(far_margin))
 
 
 # -------------------------------------------------------------------------------------- circular blur
@@ -215,8 +273,9 @@ class CircularBlur(LinearOperator):
     the dropped components (exactly when no coefficient falls below the cutoff). ``pinv_rtol = 0``
     gives the exact pseudo-inverse (only exact zeros dropped).
 
-    Note: the DPS code convolves with reflect padding; we use circular padding so that the adjoint,
-    the inverse and ``solve_K`` are exact and cheap. The two differ only near the borders.
+    Note: the DPS code blurs with reflection padding (:class:`ReflectBlur`, the ``paper`` and ``dps``
+    presets); circular padding (the ``small`` preset) makes the pseudo-inverse and ``solve_K`` exact
+    and cheap. The two differ only within half a kernel of the borders.
     """
 
     def __init__(self, x_shape, kernel: Tensor, pinv_rtol: float = 1e-3):
@@ -291,6 +350,148 @@ class MotionBlur(CircularBlur):
     ):
         super().__init__(x_shape, motion_kernel(kernel_size, intensity, generator), pinv_rtol)
         self.intensity = float(intensity)
+
+
+def gaussian_filter_kernel(kernel_size: int, std: float, truncate: float = 4.0) -> Tensor:
+    """The DPS code's Gaussian kernel: ``scipy.ndimage.gaussian_filter`` (mode "reflect", ``truncate``
+    4) applied to a ``kernel_size x kernel_size`` image that is 1 at its centre and 0 elsewhere.
+
+    The filter is separable, so the kernel is ``g g^T`` with ``g`` the filtered 1-D delta: weights
+    ``w_j ~ exp(-j^2 / (2 std^2))`` for ``|j| <= r = int(truncate std + 0.5)``, normalised to sum 1, and
+    laid around the centre; taps that fall outside the window are folded back by the half-sample
+    reflection of scipy's "reflect" mode (none do for 61 px and std <= 7). Compared with the sampled
+    Gaussian of :func:`gaussian_kernel`, the tails beyond ``r`` are cut (for std 3: r = 12, weight 6e-5
+    per axis moved into the window). The DPS code then casts it to float32; it is kept in float64 here.
+    """
+    if kernel_size < 1 or std <= 0:
+        raise ValueError(f"need kernel_size >= 1 and std > 0, got {kernel_size}, {std}")
+    r = int(truncate * std + 0.5)
+    taps = torch.arange(-r, r + 1, dtype=torch.float64)
+    w = torch.exp(-0.5 * (taps / std) ** 2)
+    w = w / w.sum()
+    c = kernel_size // 2
+    g = torch.zeros(kernel_size, dtype=torch.float64)
+    for j, wj in zip(range(-r, r + 1), w):
+        # output i = sum_j w_j * delta_ext[i + j]: it picks up w_j where i + j reflects onto the centre
+        for i in range(kernel_size):
+            if _half_sample_reflect(i + j, kernel_size) == c:
+                g[i] += wj
+    return g[:, None] * g[None, :]
+
+
+def _half_sample_reflect(u: int, n: int) -> int:
+    """Index ``u`` folded into ``[0, n)`` by the half-sample reflection ``d c b a | a b c d | d c b a``."""
+    period = 2 * n
+    u %= period
+    return u if u < n else period - 1 - u
+
+
+def reflect_index(n: int, pad: int) -> Tensor:
+    """Source index of every entry of a length-``n`` signal reflect-padded by ``pad`` on both sides
+    (``torch.nn.functional.pad(mode="reflect")``: ``c b | a b c d | c b``, the edge not repeated)."""
+    if not 0 <= pad < n:
+        raise ValueError(f"reflection padding by {pad} needs a side longer than {pad} px, got {n}")
+    u = torch.arange(-pad, n + pad)
+    u = u.abs()
+    return torch.where(u > n - 1, 2 * (n - 1) - u, u)
+
+
+class ReflectBlur(LinearOperator):
+    """Depthwise convolution with a real ``kh x kw`` kernel (odd sizes) after reflection padding, as
+    the DPS code blurs (``nn.ReflectionPad2d(k // 2)`` then ``nn.Conv2d``, for Gaussian and motion blur):
+
+        A = C P,   P: reflect-pad by (kh // 2, kw // 2),   C: the "valid" convolution with k,
+
+        (A x)[i, j] = sum_{a, b} k[a, b] (P x)[i + 2 c_h - a, j + 2 c_w - b],   c = (kh // 2, kw // 2),
+
+    which equals :class:`CircularBlur`'s ``A`` away from the borders. Convolution, not correlation:
+    ``nn.Conv2d`` correlates, i.e. the DPS code applies the kernel rotated by 180 degrees. A Gaussian
+    (and any kernel with ``k = flip(k)``) is the same either way; to reproduce the DPS code with a
+    non-symmetric kernel, pass ``kernel.flip(0, 1)``.
+
+    The true adjoint is ``A^T = P^T C^T``: ``C^T`` is the "full" correlation with ``k`` (the adjoint of
+    cropping a linear convolution), and ``P^T`` folds the padded border back, adding every padded entry
+    to the pixel it was copied from. Both ``C`` and ``C^T`` are computed by FFT on the padded grid
+    (exact: no wrap-around reaches the kept entries), which at 61x61 kernels is ~10x faster than
+    ``conv2d`` on a CPU. ``A`` is not diagonalised by any fast transform, so :meth:`A_pinv` and
+    :meth:`solve_K` are the base class's conjugate gradients (``cg_tol``, ``cg_maxiter``). The
+    K-solve ``(s2 I + r2 A A^T)`` has condition number at most ``1 + r2 / s2`` (``||A|| <= 1`` for a
+    kernel summing to 1), e.g. 401 with sigma_y = 0.05. The pseudo-inverse ``(A A^T)^+`` is
+    ill-conditioned (a blur's smallest singular values are ~0): CG stopped at ``pinv_tol`` relative
+    residual (or ``pinv_maxiter``) is a regularised ``A^+``, the counterpart of :class:`CircularBlur`'s
+    truncation.
+    """
+
+    def __init__(self, x_shape, kernel: Tensor, cg_tol: float | None = None, cg_maxiter: int = 200,
+                 pinv_tol: float = 1e-3, pinv_maxiter: int = 100):
+        C, H, W = _image_shape(x_shape)
+        super().__init__((C, H, W), (C, H, W))
+        kernel = torch.as_tensor(kernel, dtype=torch.float64)
+        if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+            raise ValueError(f"reflection-padded blurs need an odd-sized 2-D kernel, got shape {tuple(kernel.shape)}")
+        kh, kw = kernel.shape
+        if kh > H or kw > W:
+            raise ValueError(f"a {kh}x{kw} kernel is larger than the {H}x{W} image")
+        self.register_buffer("kernel", kernel.clone())
+        self.register_buffer("index_h", reflect_index(H, kh // 2))
+        self.register_buffer("index_w", reflect_index(W, kw // 2))
+        self.pad = (kh // 2, kw // 2)
+        self.cg_tol, self.cg_maxiter = cg_tol, int(cg_maxiter)
+        self.pinv_tol, self.pinv_maxiter = float(pinv_tol), int(pinv_maxiter)
+
+    def _padded_shape(self) -> tuple[int, int]:
+        return self.x_shape[1] + 2 * self.pad[0], self.x_shape[2] + 2 * self.pad[1]
+
+    def _spectrum(self, like: Tensor) -> Tensor:
+        return torch.fft.rfft2(self._buf("kernel", like), s=self._padded_shape())
+
+    def pad_reflect(self, x: Tensor) -> Tensor:
+        """P x (equals ``F.pad(x, mode="reflect")``)."""
+        return x.index_select(-2, self.index_h.to(x.device)).index_select(-1, self.index_w.to(x.device))
+
+    def pad_reflect_adjoint(self, z: Tensor) -> Tensor:
+        """P^T z: every padded entry added back onto its source pixel."""
+        C, H, W = self.x_shape
+        ih, iw = self.index_h.to(z.device), self.index_w.to(z.device)
+        rows = z.new_zeros((*z.shape[:-2], H, z.shape[-1])).index_add(-2, ih, z)
+        return rows.new_zeros((*z.shape[:-2], H, W)).index_add(-1, iw, rows)
+
+    def A(self, x: Tensor) -> Tensor:
+        (ph, pw), (H, W) = self.pad, self.x_shape[1:]
+        full = torch.fft.irfft2(torch.fft.rfft2(self.pad_reflect(x)) * self._spectrum(x), s=self._padded_shape())
+        return full[..., 2 * ph : 2 * ph + H, 2 * pw : 2 * pw + W]
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        (ph, pw), (H, W) = self.pad, self.x_shape[1:]
+        Hp, Wp = self._padded_shape()
+        embedded = torch.nn.functional.pad(y, (2 * pw, Wp - W - 2 * pw, 2 * ph, Hp - H - 2 * ph))
+        full = torch.fft.irfft2(torch.fft.rfft2(embedded) * self._spectrum(y).conj(), s=(Hp, Wp))
+        return self.pad_reflect_adjoint(full)
+
+    def A_pinv(self, y: Tensor) -> Tensor:
+        """A regularised ``A^+ y = A^T (A A^T)^+ y``: CG stopped at ``pinv_tol`` / ``pinv_maxiter``."""
+        return self.A_adjoint(self.cg_solve_K(y, 1.0, 0.0, tol=self.pinv_tol, maxiter=self.pinv_maxiter))
+
+    def solve_K(self, v: Tensor, r2: Scalar, s2: Scalar) -> Tensor:
+        return self.cg_solve_K(v, r2, s2, tol=self.cg_tol, maxiter=self.cg_maxiter)
+
+
+PADDINGS = ("circular", "reflect")
+
+
+def blur_operator(x_shape, kernel: Tensor, padding: str = "circular", **attributes) -> LinearOperator:
+    """A blur with ``kernel`` and the given boundary rule (:data:`PADDINGS`); ``attributes`` (e.g. ``std``)
+    are set on the operator for reference."""
+    if padding == "circular":
+        op = CircularBlur(x_shape, kernel)
+    elif padding == "reflect":
+        op = ReflectBlur(x_shape, kernel)
+    else:
+        raise ValueError(f"unknown padding {padding!r}; choose from {', '.join(PADDINGS)}")
+    op.padding = padding
+    for name, value in attributes.items():
+        setattr(op, name, value)
+    return op
 
 
 # ----------------------------------------------------------------------------------- super-resolution
@@ -440,83 +641,64 @@ def add_noise(y: Tensor, sigma_y: float, generator: torch.Generator | None = Non
 TASKS = ("inpaint_random", "inpaint_box", "deblur_gauss", "deblur_motion", "sr4")
 
 TASK_DESCRIPTIONS = {
-    "inpaint_random": "random inpainting: a random set of pixels masked (90% for 'paper'), same on all channels",
-    "inpaint_box": "box inpainting: one square box masked (128x128 at least 16 px from the border for 'paper')",
-    "deblur_gauss": "Gaussian deblurring, circular convolution (61x61, std 5.0 for 'paper', 3.0 for 'dps')",
-    "deblur_motion": "motion deblurring, circular convolution with a random camera-shake kernel (61x61, intensity 0.5)",
+    "inpaint_random": "random inpainting: a random set of pixels masked (90% for 'paper', U(0.3, 0.7) per image for 'dps')",
+    "inpaint_box": "box inpainting: one square box masked (128x128, corner in [16, 111] for 'paper' and 'dps')",
+    "deblur_gauss": "Gaussian deblurring (61x61, std 5.0 for 'paper', 3.0 for 'dps'; reflection padding)",
+    "deblur_motion": "motion deblurring with a random camera-shake kernel (61x61, intensity 0.5; reflection padding)",
     "sr4": "4x super-resolution: MATLAB-style antialiased bicubic downsampling",
 }
 
-PRESETS = ("paper", "dps", "small")
+PRESETS = PRESET_NAMES  # the preset table itself is cmidps.presets.PRESETS
 
-# Preset parameters.
-# "paper": the paper's settings for 256x256 images (Table I).
-# "dps":   as "paper" but the Gaussian blur std of the DPS code and most follow-ups (3.0).
-# "small": for ~32x32 images (the bundled MNIST demo). Scaled from the 256x256 settings:
-#   - random mask: the masked *fraction* is scale-free, kept at 90%.
-#   - box: half the image side (128/256), margin 2 px (16/256 * 32 = 2).
-#   - Gaussian blur: the 61 px kernel covers ~1/4 of a 256 side; 9x9 covers ~1/4 of 32. A std of
-#     5 * 32/256 = 0.6 px would barely blur, so the std is set to 1.5 px: MNIST strokes are ~2-3 px
-#     wide and a 1.5 px blur merges them much like std 5 blurs facial detail at 256 px.
-#     (The 9x9 window holds +-2.7 std; the truncated tails weigh < 1%.)
-#   - motion blur: 9x9 kernel (same ~1/4 of the side), intensity 0.5 as in the paper.
-#   - super-resolution: the task is x4 by name; 32 -> 8 px.
-_PARAMS = {
-    "paper": {
-        "inpaint_random": lambda H, W: {"fraction_masked": 0.9},
-        "inpaint_box": lambda H, W: {"box_size": 128, "margin": 16},
-        "deblur_gauss": lambda H, W: {"kernel_size": 61, "std": 5.0},
-        "deblur_motion": lambda H, W: {"kernel_size": 61, "intensity": 0.5},
-        "sr4": lambda H, W: {"factor": 4},
-    },
-    "small": {
-        "inpaint_random": lambda H, W: {"fraction_masked": 0.9},
-        "inpaint_box": lambda H, W: {"box_size": min(H, W) // 2, "margin": 2},
-        "deblur_gauss": lambda H, W: {"kernel_size": 9, "std": 1.5},
-        "deblur_motion": lambda H, W: {"kernel_size": 9, "intensity": 0.5},
-        "sr4": lambda H, W: {"factor": 4},
-    },
-}
-_PARAMS["dps"] = dict(_PARAMS["paper"], deblur_gauss=lambda H, W: {"kernel_size": 61, "std": 3.0})
-
-_CLASSES = {
-    "inpaint_random": RandomInpainting,
-    "inpaint_box": BoxInpainting,
-    "deblur_gauss": GaussianBlur,
-    "deblur_motion": MotionBlur,
-    "sr4": SuperResolution,
-}
+_MASK_TASKS = ("inpaint_random", "inpaint_box")
 
 
 def preset_params(task: str, x_shape, preset: str | None = None) -> dict:
-    """The constructor arguments of ``task`` under ``preset`` (``None``: "paper" if the image is
-    at least 128 px on its shorter side, else "small")."""
+    """The operator settings of ``task`` under ``preset`` (``None``: by image size, see
+    :func:`cmidps.presets.default_preset`), as :func:`make_operator` uses them."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    C, H, W = _image_shape(x_shape)
-    if preset is None:
-        preset = "paper" if min(H, W) >= 128 else "small"
-    if preset not in _PARAMS:
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    return _PARAMS[preset][task](H, W)
+    shape = _image_shape(x_shape)
+    return get_preset(preset, shape).operator_settings(task, shape)
 
 
 def make_operator(
     task: str,
     x_shape,
-    generator: torch.Generator | None = None,
+    generator=None,
     preset: str | None = None,
     **overrides,
 ) -> LinearOperator:
     """The operator of ``task`` for images of shape ``x_shape = (C, H, W)``.
 
-    ``preset``: "paper" (256x256 settings of the paper), "dps" (as "paper", Gaussian std 3.0),
-    "small" (~32x32 images) or ``None`` (by image size). ``overrides`` replace single constructor
-    arguments, e.g. ``make_operator("deblur_gauss", s, g, std=3.0)``. Raises ``ValueError`` on an
-    unknown task or preset and on an ``x_shape`` the task does not fit.
+    ``preset``: a name in :data:`cmidps.presets.PRESETS` ("paper", "dps", "small") or ``None`` (by
+    image size). ``overrides`` replace single settings, e.g. ``std=3.0``, ``padding="circular"``, or
+    ``kernel=`` a 2-D tensor for the blurs (used as given, convolved). ``generator`` draws the mask /
+    box / motion kernel; for the mask tasks it may be a list (one mask per image, a per-sample
+    operator). The operator records its preset as ``op.preset``. Raises ``ValueError`` on an unknown
+    task or preset and on an ``x_shape`` the task does not fit.
     """
     params = dict(preset_params(task, x_shape, preset), **overrides)
-    cls = _CLASSES[task]
-    if cls in (RandomInpainting, BoxInpainting, MotionBlur):
-        params["generator"] = generator
-    return cls(tuple(x_shape), **params)
+    shape = _image_shape(x_shape)
+    if isinstance(generator, (list, tuple)) and task not in _MASK_TASKS:
+        generator = generator[0]  # one kernel for the whole run, as the DPS code draws it
+    if task == "inpaint_random":
+        op = RandomInpainting(shape, generator=generator, **params)
+    elif task == "inpaint_box":
+        op = BoxInpainting(shape, generator=generator, **params)
+    elif task == "sr4":
+        op = SuperResolution(shape, **params)
+    else:
+        padding = params.pop("padding", "circular")
+        kernel = params.pop("kernel", "sampled")
+        size = params.pop("kernel_size")
+        if isinstance(kernel, str) and task == "deblur_gauss":
+            make = {"sampled": gaussian_kernel, "gaussian_filter": gaussian_filter_kernel}
+            if kernel not in make:
+                raise ValueError(f"unknown Gaussian kernel {kernel!r}; choose from {', '.join(make)}")
+            kernel = make[kernel](size, params["std"])
+        elif isinstance(kernel, str):
+            kernel = motion_kernel(size, params["intensity"], generator)
+        op = blur_operator(shape, kernel, padding, **params)
+    op.preset = get_preset(preset, shape).name
+    return op

@@ -4,53 +4,37 @@
 >>> op, y = measure(x01, "deblur_gauss", seed=0)              # x01: (B, C, H, W) in [0, 1]
 >>> x_hat = restore(prior, op, y, "cmi+dps", steps=100, seed=0)  # (B, C, H, W) in [0, 1]
 
-Seeds are split into independent streams (:func:`generator`): the operator (mask, kernel) depends
-on (task, seed) only; the measurement noise, the sampler noise and the CMI probes on (seed, item),
-with one generator per batch element, so a result does not depend on batching or sharding.
+Every default (task settings, noise, steps, step sizes) comes from a preset (:mod:`cmidps.presets`,
+docs/presets.md): ``measure(..., preset="dps")``; ``restore`` follows the operator's preset.
+
+Seeds are split into independent streams (:func:`generator`): the operator (kernel; the mask of the
+``small`` preset) depends on (task, seed) only; per-image masks (``paper``, ``dps``), the measurement
+noise, the sampler noise and the CMI probes on (seed, item), with one generator per batch element, so a
+result does not depend on batching or sharding.
 """
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import torch
 
 from .cmi import CMIConfig
 from .drivers import DRIVERS
 from .operators import MaskOperator, TASKS, make_operator
+from .presets import get_preset
 from .prior import from_model, to_model
 from .samplers import RULES, make_rule
 from .sampling import randn, sample
 
-SIGMA_Y = 0.05  # measurement noise in the [-1, 1] model range, as in the DPS code
+SIGMA_Y = 0.05  # measurement noise in the [-1, 1] model range, as in the DPS code (every preset's sigma_y)
+MASK_TASKS = ("inpaint_random", "inpaint_box")
 
-# Default step sizes. "paper": the DPS code's zeta per task at 256x256 (field notes); the other
-# methods' defaults follow their papers; none of these were tuned here (no 256 px checkpoint is on
-# this machine). "small": DPS's zeta tuned for the bundled 32x32 MNIST prior on training-split digits,
-# never on the held-out ones (scripts/tune_demo.py; docs/demo.md); PiGDM, MCG and DSG keep their
-# papers' defaults there too.
-DEFAULT_PARAMS = {
-    "paper": {
-        "dps": {"inpaint_random": {"zeta": 0.5}, "inpaint_box": {"zeta": 0.5}, "deblur_gauss": {"zeta": 0.3},
-                "deblur_motion": {"zeta": 0.3}, "sr4": {"zeta": 0.3}},
-        "pigdm": {"*": {"weight": 1.0}},
-        "mcg": {"*": {"zeta": 0.5}},
-        "dsg": {"*": {"gamma": 0.2, "interval": 1}},
-        **{k: {"*": v} for k, v in (("diffpir", {"lam": 7.0, "zeta": 0.3}), ("tmpd", {"weight": 1.0}),
-                                   ("daps", {"lr": 1e-4, "langevin_steps": 100, "tau": 0.01}),
-                                   ("reddiff", {"lr": 0.25, "lam": 0.25}))},
-    },
-    "small": {
-        "dps": {"inpaint_random": {"zeta": 8.0}, "inpaint_box": {"zeta": 2.0}, "deblur_gauss": {"zeta": 4.0},
-                "deblur_motion": {"zeta": 4.0}, "sr4": {"zeta": 8.0}},
-        "pigdm": {"*": {"weight": 1.0}},
-        "mcg": {"*": {"zeta": 2.0}},
-        "dsg": {"*": {"gamma": 0.2, "interval": 1}},
-        # The field's solvers (docs/solvers.md): their papers' / codes' defaults, not tuned on this prior.
-        **{k: {"*": v} for k, v in (("diffpir", {"lam": 7.0, "zeta": 0.3}), ("tmpd", {"weight": 1.0}),
-                                   ("daps", {"lr": 1e-3, "langevin_steps": 20}),
-                                   ("reddiff", {"lr": 0.25, "lam": 0.25}))},
-    },
-}
+# Default step sizes live in the preset table (cmidps.presets.PRESETS, docs/presets.md).
+
+
+class PresetStepsWarning(UserWarning):
+    """A run uses a step count other than the one its preset's step sizes were tuned for."""
 
 
 def generator(seed: int, *stream) -> torch.Generator:
@@ -73,19 +57,24 @@ def parse_method(method: str) -> tuple[str, bool]:
     return base, use_cmi
 
 
-def default_params(method: str, task: str, x_shape) -> dict:
+def default_params(method: str, task: str | None, x_shape, preset=None) -> dict:
+    """The step-size parameters of ``method`` for ``task`` under ``preset`` (``None``: by image size)."""
     base, _ = parse_method(method)
-    preset = "paper" if min(x_shape[-2:]) >= 128 else "small"
-    table = DEFAULT_PARAMS[preset].get(base, {})
-    return dict(table.get(task, table.get("*", {})))
+    return get_preset(preset, x_shape).params(base, task)
 
 
-def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float = SIGMA_Y, preset: str | None = None,
+def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float | None = None, preset: str | None = None,
             items: list | None = None):
-    """Build the task's operator (seeded by task and seed) and a noisy measurement of ``x01``.
+    """Build the task's operator and a noisy measurement of ``x01`` under ``preset`` (``None``: by
+    image size, :func:`cmidps.presets.default_preset`).
 
     ``x01`` is (B, C, H, W) in [0, 1]; ``items`` names the batch elements (default 0..B-1) for the
-    per-image noise streams. Returns ``(op, y)`` with ``y`` in the model range.
+    per-image streams. Returns ``(op, y)`` with ``y`` in the model range; ``op.preset`` names the preset,
+    which :func:`restore` then follows. ``sigma_y`` (default: the preset's) is added to every entry of
+    ``y`` (presets with ``noise_on="all"``, the DPS code: masked pixels too) or only to a mask's kept
+    pixels (``"kept"``). The operator is seeded by (task, seed); under presets with per-image masks
+    (``paper``, ``dps``: the DPS code draws a mask per image) a mask task draws each image's mask from
+    (task, seed, item) instead, so a result still does not depend on batching or sharding.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
@@ -93,30 +82,47 @@ def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float = SIGMA_
         raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x01.shape)}")
     if not torch.isfinite(x01).all():
         raise ValueError("the image contains non-finite values")
+    p = get_preset(preset, x01.shape[1:])
+    sigma_y = p.sigma_y if sigma_y is None else sigma_y
     items = list(range(x01.shape[0])) if items is None else items
-    op = make_operator(task, tuple(x01.shape[1:]), generator(seed, "operator", task), preset).to(x01.device)
+    if len(items) != x01.shape[0]:
+        raise ValueError(f"{len(items)} item names for a batch of {x01.shape[0]}")
+    per_image = p.per_image_masks and task in MASK_TASKS
+    gen = [generator(seed, "operator", task, it) for it in items] if per_image else generator(seed, "operator", task)
+    op = make_operator(task, tuple(x01.shape[1:]), gen, p.name).to(x01.device)
     y = op.A(to_model(x01))
     noise = randn(y.shape, [generator(seed, "noise", task, it) for it in items], y.dtype, y.device)
-    if isinstance(op, MaskOperator):
-        noise = op.A(noise)  # the measurement space of a mask is its kept pixels
+    if p.noise_on == "kept" and isinstance(op, MaskOperator):
+        noise = op.A(noise)  # the measurement space of a mask taken as its kept pixels
     return op, y + sigma_y * noise
 
 
-def restore(prior, op, y: torch.Tensor, method: str = "dps", steps: int = 100, seed: int = 0,
-            sigma_y: float = SIGMA_Y, cmi: CMIConfig | None = None, params: dict | None = None,
+def restore(prior, op, y: torch.Tensor, method: str = "dps", steps: int | None = None, seed: int = 0,
+            sigma_y: float | None = None, cmi: CMIConfig | None = None, params: dict | None = None,
             task: str | None = None, items: list | None = None, progress: bool = True,
-            ddim_eta: float | None = None, likelihood_clip: bool | None = None) -> torch.Tensor:
+            ddim_eta: float | None = None, likelihood_clip: bool | None = None,
+            preset: str | None = None) -> torch.Tensor:
     """Restore ``y`` with ``method`` (``dps``, ``cmi+dps``, ``pigdm``, ...). Returns [0, 1] images.
 
-    ``cmi`` configures the plug-in for ``cmi+X`` methods (default :class:`CMIConfig`); it is
-    ignored for plain X. ``params`` override the method's defaults (``zeta``, ``weight``, ``gamma``).
-    ``likelihood_clip`` (see :func:`cmidps.sampling.sample`): clamp x0_hat to [-1, 1] where it enters
-    the likelihood, as the DPS code does; default: for priors that clip.
+    ``preset`` (default: the one ``op`` was made with, else by image size) gives the defaults: the
+    step count ``steps``, ``sigma_y``, ``likelihood_clip`` and the method's step sizes for ``task``.
+    A ``steps`` other than the preset's warns (:class:`PresetStepsWarning`, once per call site): its
+    step sizes were tuned for the preset's count. ``cmi`` configures the plug-in for ``cmi+X``
+    methods (default :class:`CMIConfig`); it is ignored for plain X. ``params`` override the method's
+    defaults (``zeta``, ``weight``, ``gamma``). ``likelihood_clip`` (see :func:`cmidps.sampling.sample`):
+    clamp x0_hat to [-1, 1] where it enters the likelihood, as the DPS code does.
     """
     base, use_cmi = parse_method(method)
     if tuple(op.x_shape) != tuple(prior.shape):
         raise ValueError(f"the operator acts on {tuple(op.x_shape)} but the model makes {tuple(prior.shape)}")
-    kw = default_params(method, task or "*", prior.shape)
+    p = get_preset(preset or getattr(op, "preset", None), prior.shape)
+    if steps is None:
+        steps = p.steps
+    elif p.steps_notice(steps):
+        warnings.warn(p.steps_notice(steps), PresetStepsWarning, stacklevel=2)
+    sigma_y = p.sigma_y if sigma_y is None else sigma_y
+    likelihood_clip = p.likelihood_clip if likelihood_clip is None else likelihood_clip
+    kw = p.params(base, task)
     kw.update(params or {})
     items = list(range(y.shape[0])) if items is None else items
     gens = [generator(seed, "sampler", it) for it in items]

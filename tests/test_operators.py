@@ -16,13 +16,19 @@ from cmidps.operators import (
     DenseOperator,
     GaussianBlur,
     LinearOperator,
+    MaskOperator,
     MotionBlur,
     RandomInpainting,
+    ReflectBlur,
     SuperResolution,
     add_noise,
     bicubic_matrix,
+    box_corner,
+    gaussian_filter_kernel,
+    gaussian_kernel,
     make_operator,
 )
+from cmidps.presets import PRESETS as PRESET_TABLE, default_preset, get_preset
 
 DT = torch.float64
 
@@ -43,14 +49,18 @@ FACTORIES = {
     "box_inpaint": lambda: BoxInpainting((2, 12, 10), 4, 2, gen(2)),
     "gauss": lambda: GaussianBlur((2, 12, 10), 5, 1.0, pinv_rtol=0.0),
     "motion": lambda: MotionBlur((1, 12, 12), 7, 0.5, gen(3), pinv_rtol=0.0),
+    # a non-symmetric, well-conditioned kernel, and CG run to convergence (the exactness tests)
+    "reflect": lambda: ReflectBlur((2, 11, 9), ASYM_KERNEL, cg_tol=1e-13, cg_maxiter=3000, pinv_tol=1e-13,
+                                   pinv_maxiter=3000),
     "sr4": lambda: SuperResolution((2, 16, 12), 4),
     "sr2": lambda: SuperResolution((1, 10, 8), 2),
     "dense_wide": lambda: DenseOperator(torch.randn(5, 9, generator=gen(4), dtype=DT)),
     "dense_tall": lambda: DenseOperator(torch.randn(9, 5, generator=gen(5), dtype=DT)),
     "dense_lowrank": lambda: DenseOperator(rank_deficient(6, 7, 3, 6)),
 }
+ASYM_KERNEL = torch.tensor([[0.02, 0.05, 0.01], [0.10, 0.60, 0.04], [0.03, 0.12, 0.03]], dtype=DT)
 # Operators whose A A^T is invertible (so solve_K may be used with s2 = 0 on any v).
-INVERTIBLE_AAT = {"gauss", "motion", "sr4", "sr2", "dense_wide"}
+INVERTIBLE_AAT = {"gauss", "motion", "sr4", "sr2", "dense_wide", "reflect"}
 
 _cache = {}
 
@@ -478,3 +488,170 @@ def test_small_presets_at_32():
     for op in ops.values():
         y = rand_y(op, B=2)
         assert torch.allclose((op.A(x) * y).sum(), (x * op.A_adjoint(y)).sum(), rtol=1e-10)
+
+
+# --------------------------------------------------------------------------- per-image masks
+def test_per_image_masks_act_per_sample():
+    gens = [gen(20), gen(21), gen(22)]
+    op = RandomInpainting((2, 16, 16), (0.3, 0.7), gens)
+    assert op.per_sample and op.mask.shape == (3, 1, 16, 16)
+    fractions = [1 - float(m.mean()) for m in op.mask]
+    assert len(set(fractions)) == 3 and all(0.3 - 1 / 256 <= f <= 0.7 for f in fractions)
+    for b, g in enumerate([gen(20), gen(21), gen(22)]):  # image b has the mask of generator b
+        p = 0.3 + 0.4 * float(torch.rand((), generator=g, dtype=DT))
+        assert int((op.mask[b] == 0).sum()) == int(256 * p)
+    x, y = rand_x(op), rand_y(op)
+    for b in range(3):
+        one = MaskOperator((2, 16, 16), op.mask[b, 0])
+        assert torch.equal(op.A(x)[b], one.A(x[b : b + 1])[0])
+        assert torch.equal(op.solve_K(y, 0.5, 0.1)[b], one.solve_K(y[b : b + 1], 0.5, 0.1)[0])
+    assert torch.allclose((op.A(x) * y).sum(), (x * op.A_adjoint(y)).sum(), rtol=1e-12)
+    with pytest.raises(ValueError, match="per-image masks"):
+        op.A(x[:1])
+    boxes = BoxInpainting((1, 32, 32), 8, 2, [gen(s) for s in range(4)])
+    assert len(boxes.box) == 4 and boxes.mask.shape == (4, 1, 32, 32)
+    assert all(int((boxes.mask[b] == 0).sum()) == 64 for b in range(4))
+
+
+def test_dps_box_corner_is_numpys_exclusive_range():
+    """The DPS code: top = np.random.randint(16, 256 - 16 - 128): corners 16..111, never 112."""
+    corners = {box_corner(256, 128, 16, 17, gen(s)) for s in range(3000)}
+    assert corners == set(range(16, 112))
+    op = BoxInpainting((3, 256, 256), 128, 16, gen(0), far_margin=17)
+    top, left, size = op.box
+    assert 16 <= top <= 111 and 16 <= left <= 111 and size == 128
+    with pytest.raises(ValueError, match="box"):
+        BoxInpainting((1, 160, 160), 128, 16, gen(0), far_margin=17)
+
+
+# ---------------------------------------------------------------------------- reflection-padded blurs
+def test_reflect_padding_and_its_adjoint():
+    op = ReflectBlur((2, 9, 7), torch.ones(5, 3, dtype=DT) / 15)
+    x = torch.randn(3, 2, 9, 7, generator=gen(0), dtype=DT)
+    padded = op.pad_reflect(x)
+    assert torch.equal(padded, torch.nn.functional.pad(x, (1, 1, 2, 2), mode="reflect"))
+    z = torch.randn_like(padded)
+    assert math.isclose(float((padded * z).sum()), float((x * op.pad_reflect_adjoint(z)).sum()), rel_tol=1e-13)
+
+
+def test_reflect_blur_is_the_dps_codes_blur_with_the_kernel_rotated():
+    """The DPS code: nn.ReflectionPad2d(k // 2) then nn.Conv2d (a correlation) with the kernel. Ours
+    convolves, so it equals the DPS code's operator given the kernel rotated by 180 degrees; for a
+    symmetric (Gaussian) kernel both are the same."""
+    F = torch.nn.functional
+    x = torch.randn(2, 3, 20, 17, generator=gen(1), dtype=DT)
+
+    def dps_blur(img, k):
+        kh, kw = k.shape
+        weight = k.expand(3, 1, kh, kw)
+        return F.conv2d(F.pad(img, (kw // 2, kw // 2, kh // 2, kh // 2), mode="reflect"), weight, groups=3)
+
+    k = torch.rand(5, 7, generator=gen(2), dtype=DT)
+    assert rel(ReflectBlur((3, 20, 17), k).A(x), dps_blur(x, k.flip(0, 1))) < 1e-12
+    g = gaussian_filter_kernel(9, 1.5)
+    assert rel(ReflectBlur((3, 20, 17), g).A(x), dps_blur(x, g)) < 1e-12
+    # away from the borders it is the circular blur
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))
+    assert rel(ReflectBlur((3, 20, 17), k).A(x)[inner], CircularBlur((3, 20, 17), k).A(x)[inner]) < 1e-12
+
+
+def test_reflect_blur_adjoint_at_256px_float64():
+    for task, preset in (("deblur_gauss", "dps"), ("deblur_motion", "paper")):
+        op = make_operator(task, (3, 256, 256), gen(0), preset)
+        assert isinstance(op, ReflectBlur) and op.kernel.shape == (61, 61)
+        x, y = rand_x(op, B=2), rand_y(op, B=2)
+        lhs = (op.A(x) * y).flatten(1).sum(1)
+        rhs = (x * op.A_adjoint(y)).flatten(1).sum(1)
+        assert torch.allclose(lhs, rhs, rtol=1e-10, atol=1e-10 * float(lhs.abs().max())), task
+
+
+def test_reflect_blur_cg_solves_at_256px():
+    """The K-solve (s2 I + r2 A A^T) converges at the DPS task size in float32 within the default
+    iterations (condition number <= 1 + r2 / s2 = 401); the pseudo-inverse is a regularised one."""
+    op = make_operator("deblur_gauss", (1, 256, 256), gen(0), "dps")  # one channel: the same system per channel
+    x = torch.rand(1, 1, 256, 256, generator=gen(1)) * 2 - 1
+    v = op.A(x) + 0.05 * torch.randn(1, 1, 256, 256, generator=gen(2))
+    u = op.solve_K(v, 1.0, 0.05**2)  # the hardest case (r2 = 1 - abar_T ~ 1): ~120 iterations
+    residual = 0.05**2 * u + op.A(op.A_adjoint(u)) - v
+    assert float(residual.norm() / v.norm()) < 2e-5
+    op.pinv_maxiter = 20
+    assert float(op.A_pinv(op.A(x)).norm()) < 2 * float(x.norm())  # no blow-up
+
+
+def test_gaussian_filter_kernel_is_scipys_filtered_delta():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    import numpy as np
+
+    for size, std in ((61, 3.0), (61, 5.0), (9, 1.5), (9, 3.0), (7, 2.5)):  # the last two fold taps back
+        delta = np.zeros((size, size))
+        delta[size // 2, size // 2] = 1.0
+        ref = torch.from_numpy(ndimage.gaussian_filter(delta, sigma=std))
+        k = gaussian_filter_kernel(size, std)
+        assert torch.allclose(k, ref, rtol=0, atol=1e-15), (size, std)
+        assert abs(float(k.sum()) - 1) < 1e-12
+    # the sampled Gaussian differs from it only by the truncated tails (std 3: radius 12 of 30)
+    assert 1e-6 < float((gaussian_filter_kernel(61, 3.0) - gaussian_kernel(61, 3.0)).abs().max()) < 1e-4
+
+
+# ------------------------------------------------------------------------------ the preset table
+# Written out from the sources (the paper's Sec. IV; the DPS code's configs and util/img_utils.py),
+# independently of cmidps.presets, and checked against the operators make_operator builds.
+EXPECTED_256 = {
+    "paper": dict(fraction=0.9, std=5.0),
+    "dps": dict(fraction=(0.3, 0.7), std=3.0),
+}
+
+
+@pytest.mark.parametrize("preset", ["paper", "dps"])
+def test_large_presets_build_the_reference_operators(preset):
+    shape, expect = (3, 256, 256), EXPECTED_256[preset]
+    p = get_preset(preset)
+    assert p.steps == 1000 and p.sigma_y == 0.05 and p.noise_on == "all" and p.likelihood_clip is True
+    assert p.per_image_masks
+    zeta = {"inpaint_random": 0.5, "inpaint_box": 0.5, "deblur_gauss": 0.3, "deblur_motion": 0.3, "sr4": 0.3}
+    assert {t: p.params("dps", t)["zeta"] for t in TASKS} == zeta
+    ops = {t: make_operator(t, shape, gen(3), preset) for t in TASKS}
+    assert all(op.preset == preset for op in ops.values())
+    masked = ops["inpaint_random"].masked_fraction
+    if isinstance(expect["fraction"], tuple):
+        assert 0.3 <= masked <= 0.7
+    else:
+        assert masked == pytest.approx(int(256 * 256 * 0.9) / 256**2)
+    box = ops["inpaint_box"]
+    assert box.box[2] == 128 and box.margins == (16, 17) and int((box.mask == 0).sum()) == 128 * 128
+    blur = ops["deblur_gauss"]
+    assert isinstance(blur, ReflectBlur) and blur.std == expect["std"] and blur.padding == "reflect"
+    assert torch.equal(blur.kernel, gaussian_filter_kernel(61, expect["std"]))
+    motion = ops["deblur_motion"]
+    assert isinstance(motion, ReflectBlur) and motion.kernel.shape == (61, 61) and motion.intensity == 0.5
+    assert ops["sr4"].y_shape == (3, 64, 64) and ops["sr4"].factor == 4
+    # circular stays one override away
+    assert isinstance(make_operator("deblur_gauss", shape, gen(3), preset, padding="circular"), CircularBlur)
+
+
+def test_small_preset_keeps_todays_operators():
+    shape = (1, 32, 32)
+    p = get_preset("small")
+    assert p.steps == 100 and p.noise_on == "kept" and p.likelihood_clip is None and not p.per_image_masks
+    assert p.params("dps", "inpaint_random") == {"zeta": 8.0} and p.params("mcg", "sr4") == {"zeta": 2.0}
+    ops = {t: make_operator(t, shape, gen(0), "small") for t in TASKS}
+    assert ops["inpaint_random"].masked_fraction == pytest.approx(int(32 * 32 * 0.9) / 1024)
+    assert ops["inpaint_box"].box[2] == 16 and ops["inpaint_box"].margins == (2, 2)
+    blur = ops["deblur_gauss"]
+    assert isinstance(blur, CircularBlur) and torch.equal(blur.kernel, gaussian_kernel(9, 1.5))
+    ref = GaussianBlur(shape, 9, 1.5)  # today's class: the same operator
+    x = torch.rand(2, *shape, generator=gen(1), dtype=DT)
+    assert torch.allclose(blur.A(x), ref.A(x), atol=1e-15)
+    assert torch.equal(ops["deblur_motion"].kernel, MotionBlur(shape, 9, 0.5, gen(0)).kernel)
+    assert ops["sr4"].y_shape == (1, 8, 8)
+
+
+def test_preset_choice_and_notices():
+    assert default_preset((3, 256, 256)) == "paper" and default_preset((1, 32, 32)) == "small"
+    assert default_preset((3, 128, 200)) == "paper" and default_preset((3, 127, 256)) == "small"
+    assert set(PRESET_TABLE) == {"paper", "dps", "small"}
+    assert get_preset("dps").steps_notice(1000) is None
+    msg = get_preset("dps").steps_notice(100)
+    assert "'dps' was tuned for 1000 steps; running 100" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="preset"):
+        get_preset("huge")
