@@ -40,7 +40,8 @@ def dps(s: StepState, zeta: float = 1.0) -> torch.Tensor:
     """DPS (Chung et al. 2023, Alg. 1): x_{t-1} = x'_{t-1} - zeta grad_{x_t} ||y - A x0_hat||.
 
     The DPS code (``PosteriorSampling``) takes this norm on the clamped x0_hat (``likelihood_clip``)
-    and over the whole batch; here it is per sample.
+    and over the whole batch; here it is per sample. With the clamp, this rule on the loop's ancestral
+    step equals the DPS code's step to 1e-9 or better over 20 steps (tests/test_parity.py).
     """
     return s.guided(s.residual_norm_grad_x0(), -zeta)
 
@@ -116,6 +117,13 @@ def mcg(s: StepState, zeta: float = 1.0) -> torch.Tensor:
     general (I - P) x + P(noised A^+ y) with the true pseudo-inverse (the DPS code's version, which uses
     its non-adjoint 'transpose', is wrong for inpainting and blur). The DPS code's MCG, like its
     DPS, uses the clamped x0_hat (``likelihood_clip``).
+
+    For a mask m the projection is MCG's inpainting step, x <- (1 - m) x + m (sqrt(abar_{t-1}) y +
+    sqrt(1 - abar_{t-1}) z). The DPS code's ``project`` for inpainting instead evaluates
+    ``ortho_project(y_t) - forward(x) = (1 - m) y_t - m x`` (masks swapped, x negated), with y noised
+    to the level of x_t (``q_sample(y, t)``) by fresh noise; none of this is followed. With the
+    inpainting formula, this rule equals the DPS code's MCG step to 4e-13 over 20 steps
+    (tests/test_parity.py).
     """
     return mcg_project(s, s.guided(s.residual_norm_grad_x0(), -zeta))
 
