@@ -8,6 +8,7 @@ no command, so no module needs the entry point and there is no import circle.
   :class:`~cmidps.cmi.CMIConfig` they make;
 * :func:`add_measurement_arguments` / :func:`step_params`: noise, task preset and the samplers' step
   sizes (restore, bench images); :func:`check_sampling_options` checks the numbers of both groups;
+* :func:`add_kernel_arguments` / :func:`kernel_option`: a blur kernel from a file (restore);
 * :func:`run_command`: runs a parsed command and turns its outcome into an exit code (0, the command's
   own code, 2 with one ``error:`` line for a known failure, 130 on Ctrl-C).
 """
@@ -52,6 +53,35 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zeta", type=float, default=None, help="DPS/MCG step size (default per task)")
     p.add_argument("--weight", type=float, default=None, help="PiGDM guidance weight")
     p.add_argument("--gamma", type=float, default=None, help="DSG guidance rate")
+
+
+def add_kernel_arguments(p: argparse.ArgumentParser) -> None:
+    """``--kernel FILE`` (and ``--kernel-as-dps``): a blur kernel from a file for the blur tasks."""
+    p.add_argument("--kernel", default=None, metavar="FILE.npy|FILE.png",
+                   help="blur with this kernel (2-D, odd sides, >= 0; normalised to sum 1) instead of the "
+                        "task's own; deblur_gauss and deblur_motion only")
+    p.add_argument("--kernel-as-dps", action="store_true",
+                   help="the --kernel file is as the DPS code applies it (nn.Conv2d, a correlation): rotate "
+                        "it by 180 degrees, since cmidps convolves")
+
+
+def kernel_option(args, task: str | None = None):
+    """The kernel of ``--kernel`` (``None`` if not given), loaded and checked; ``task`` is checked to be a
+    blur task. Raises ``ValueError`` / ``FileNotFoundError`` naming the option."""
+    path = getattr(args, "kernel", None)
+    if path is None:
+        if getattr(args, "kernel_as_dps", False):
+            raise ValueError("--kernel-as-dps needs --kernel FILE")
+        return None
+    from .motion import load_kernel
+    from .restore import BLUR_TASKS
+
+    if task is not None and task not in BLUR_TASKS:
+        raise ValueError(f"--kernel applies to the blur tasks ({', '.join(BLUR_TASKS)}), not to {task}")
+    try:
+        return load_kernel(path, flip=args.kernel_as_dps)
+    except ValueError as exc:
+        raise ValueError(f"--kernel: {exc}") from None
 
 
 def step_params(args) -> dict:

@@ -27,6 +27,7 @@ from .prior import from_model, to_model
 from .samplers import RULES, make_rule
 from .sampling import randn, sample
 
+BLUR_TASKS = ("deblur_gauss", "deblur_motion")  # the tasks whose kernel measure(kernel=) replaces
 SIGMA_Y = 0.05  # measurement noise in the [-1, 1] model range, as in the DPS code (every preset's sigma_y)
 MASK_TASKS = ("inpaint_random", "inpaint_box")
 
@@ -64,7 +65,7 @@ def default_params(method: str, task: str | None, x_shape, preset=None) -> dict:
 
 
 def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float | None = None, preset: str | None = None,
-            items: list | None = None):
+            items: list | None = None, kernel: torch.Tensor | None = None):
     """Build the task's operator and a noisy measurement of ``x01`` under ``preset`` (``None``: by
     image size, :func:`cmidps.presets.default_preset`).
 
@@ -75,6 +76,8 @@ def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float | None =
     pixels (``"kept"``). The operator is seeded by (task, seed); under presets with per-image masks
     (``paper``, ``dps``: the DPS code draws a mask per image) a mask task draws each image's mask from
     (task, seed, item) instead, so a result still does not depend on batching or sharding.
+    ``kernel``: a 2-D tensor that replaces a blur task's kernel (convolved, e.g. from
+    :func:`cmidps.motion.load_kernel`), the preset's padding kept.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
@@ -89,7 +92,10 @@ def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float | None =
         raise ValueError(f"{len(items)} item names for a batch of {x01.shape[0]}")
     per_image = p.per_image_masks and task in MASK_TASKS
     gen = [generator(seed, "operator", task, it) for it in items] if per_image else generator(seed, "operator", task)
-    op = make_operator(task, tuple(x01.shape[1:]), gen, p.name).to(x01.device)
+    if kernel is not None and task not in BLUR_TASKS:
+        raise ValueError(f"a kernel replaces the kernel of a blur task ({', '.join(BLUR_TASKS)}), not of {task}")
+    extra = {} if kernel is None else {"kernel": torch.as_tensor(kernel, dtype=torch.float64)}
+    op = make_operator(task, tuple(x01.shape[1:]), gen, p.name, **extra).to(x01.device)
     y = op.A(to_model(x01))
     noise = randn(y.shape, [generator(seed, "noise", task, it) for it in items], y.dtype, y.device)
     if p.noise_on == "kept" and isinstance(op, MaskOperator):

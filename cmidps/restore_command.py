@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_options import add_cmi_arguments, add_measurement_arguments, check_sampling_options, cmi_config, step_params
+from .cli_options import (add_cmi_arguments, add_kernel_arguments, add_measurement_arguments, check_sampling_options,
+                          cmi_config, kernel_option, step_params)
 
 
 def run(args) -> int:
@@ -13,6 +14,7 @@ def run(args) -> int:
     from .restore import measure, measurement_image, parse_method, restore
 
     check_sampling_options(args)
+    kernel = kernel_option(args, args.task)
     base, use_cmi = parse_method(args.method)
     method = f"cmi+{base}" if (use_cmi or args.cmi) else base
     prior = load_prior(args.model, device=args.device, model_config=args.model_config)
@@ -20,7 +22,7 @@ def run(args) -> int:
         raise ValueError(f"model {args.model!r} is not an image model")
     x = load_image(args.image, tuple(prior.shape), resize=args.resize)[None].to(args.device)
     params = step_params(args)
-    op, y = measure(x, args.task, seed=args.seed, sigma_y=args.sigma_y, preset=args.preset)
+    op, y = measure(x, args.task, seed=args.seed, sigma_y=args.sigma_y, preset=args.preset, kernel=kernel)
     out = restore(prior, op, y, method, steps=args.steps, seed=args.seed, sigma_y=args.sigma_y,
                   cmi=cmi_config(args), params=params, task=args.task, progress=not args.quiet)
     save_image(out[0], args.out)
@@ -52,6 +54,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100, help="respaced reverse steps (the paper: 1000)")
     p.add_argument("--seed", type=int, default=0)
     add_measurement_arguments(p)
+    add_kernel_arguments(p)
     p.add_argument("--resize", action="store_true", help="resize an image of the wrong size")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output PNG of the restoration")

@@ -238,3 +238,67 @@ def test_bad_kernel_files_are_refused(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="not a readable .npy"):
         load_kernel(tmp_path / "obj.npy")
+
+
+# ------------------------------------------------------------------ kernels from files: API and CLI
+def test_measure_blurs_with_a_given_kernel(tmp_path):
+    from cmidps.restore import measure
+
+    k = asymmetric_kernel()
+    x = torch.rand(1, 1, 16, 16, generator=gen(0), dtype=DT)
+    for task, preset in (("deblur_motion", "small"), ("deblur_gauss", "small"), ("deblur_motion", "dps")):
+        op, _ = measure(x, task, seed=0, preset=preset, kernel=k / k.sum())
+        assert torch.equal(op.kernel, k / k.sum())
+    with pytest.raises(ValueError, match="blur task"):
+        measure(x, "inpaint_box", seed=0, kernel=k)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from cmidps.models.loading import save_network
+    from cmidps.models.unet import create_model
+
+    cfg = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+               num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny")
+    save_network(folder, create_model(**cfg), cfg, channels=1, image_size=16, learn_sigma=False)
+    return folder
+
+
+def _restore(tiny_model, tmp_path, *extra, task="deblur_motion"):
+    from PIL import Image
+
+    from cmidps.cli import main
+
+    img = tmp_path / "digit.png"
+    arr = np.zeros((16, 16), np.uint8)
+    arr[3:13, 7:9] = 255
+    Image.fromarray(arr, "L").save(img)
+    return main(["restore", "--quiet", "--image", str(img), "--task", task, "--model", str(tiny_model),
+                 "--steps", "1", "--out", str(tmp_path / "o.png"), *extra])
+
+
+def test_cli_restore_with_a_kernel_file(tiny_model, tmp_path):
+    np.save(tmp_path / "k.npy", asymmetric_kernel().numpy())
+    assert _restore(tiny_model, tmp_path, "--kernel", str(tmp_path / "k.npy"), "--kernel-as-dps") == 0
+    assert (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("even", "--kernel: "),
+    ("missing", "kernel file not found"),
+    ("not_blur", "applies to the blur tasks"),
+    ("flip_alone", "--kernel-as-dps needs --kernel"),
+])
+def test_cli_kernel_errors(tiny_model, tmp_path, capsys, case, message):
+    np.save(tmp_path / "even.npy", np.ones((4, 4)))
+    np.save(tmp_path / "ok.npy", np.ones((3, 3)))
+    extra = {"even": ["--kernel", str(tmp_path / "even.npy")],
+             "missing": ["--kernel", str(tmp_path / "none.npy")],
+             "not_blur": ["--kernel", str(tmp_path / "ok.npy")],
+             "flip_alone": ["--kernel-as-dps"]}[case]
+    rc = _restore(tiny_model, tmp_path, *extra, task="sr4" if case == "not_blur" else "deblur_motion")
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()
