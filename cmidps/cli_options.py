@@ -8,6 +8,7 @@ no command, so no module needs the entry point and there is no import circle.
   :class:`~cmidps.cmi.CMIConfig` they make;
 * :func:`add_measurement_arguments` / :func:`step_params`: noise, task preset and the samplers' step
   sizes (restore, bench images); :func:`check_sampling_options` checks the numbers of both groups;
+* :func:`preset_steps`: ``--steps`` or the preset's count, with the one-line notice when they differ;
 * :func:`add_kernel_arguments` / :func:`kernel_option`: a blur kernel from a file (restore);
 * :func:`run_command`: runs a parsed command and turns its outcome into an exit code (0, the command's
   own code, 2 with one ``error:`` line for a known failure, 130 on Ctrl-C).
@@ -48,8 +49,12 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
     from .restore import SIGMA_Y
 
     p.add_argument("--sigma-y", type=float, default=SIGMA_Y, help="measurement noise std in [-1, 1]")
-    p.add_argument("--preset", default=None, choices=["paper", "dps", "small"],
-                   help="task settings (default: paper for >= 128 px images, small otherwise)")
+    from .presets import PRESETS
+
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="every setting of the run: task operators, noise, steps, step sizes (docs/presets.md); "
+                        + "; ".join(f"{name}: {pr.summary}" for name, pr in PRESETS.items())
+                        + ". Default: paper for >= 128 px images, small otherwise")
     p.add_argument("--zeta", type=float, default=None, help="DPS/MCG step size (default per task)")
     p.add_argument("--weight", type=float, default=None, help="PiGDM guidance weight")
     p.add_argument("--gamma", type=float, default=None, help="DSG guidance rate")
@@ -82,6 +87,20 @@ def kernel_option(args, task: str | None = None):
         return load_kernel(path, flip=args.kernel_as_dps)
     except ValueError as exc:
         raise ValueError(f"--kernel: {exc}") from None
+
+
+def preset_steps(args, x_shape) -> int:
+    """The run's step count: ``--steps``, or the preset's (``--preset``, else by image size). When they
+    differ, one notice line on stderr: the preset's step sizes were tuned for its own count."""
+    from .presets import get_preset
+
+    preset = get_preset(getattr(args, "preset", None), x_shape)
+    if args.steps is None:
+        return preset.steps
+    notice = preset.steps_notice(args.steps)
+    if notice:
+        print(notice, file=sys.stderr)
+    return args.steps
 
 
 def step_params(args) -> dict:

@@ -1,17 +1,18 @@
 """``cmidps restore``: measure one image with a task (seeded), restore it with a method, save it."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from .cli_options import (add_cmi_arguments, add_kernel_arguments, add_measurement_arguments, check_sampling_options,
-                          cmi_config, kernel_option, step_params)
+                          cmi_config, kernel_option, preset_steps, step_params)
 
 
 def run(args) -> int:
     """Measure ``--image`` with ``--task`` (seeded), restore it with ``--method``, write ``--out`` (and ``--grid``)."""
     from .images import image_grid, load_image, save_image
     from .models.loading import load_prior
-    from .restore import measure, measurement_image, parse_method, restore
+    from .restore import PresetStepsWarning, measure, measurement_image, parse_method, restore
 
     check_sampling_options(args)
     kernel = kernel_option(args, args.task)
@@ -23,8 +24,11 @@ def run(args) -> int:
     x = load_image(args.image, tuple(prior.shape), resize=args.resize)[None].to(args.device)
     params = step_params(args)
     op, y = measure(x, args.task, seed=args.seed, sigma_y=args.sigma_y, preset=args.preset, kernel=kernel)
-    out = restore(prior, op, y, method, steps=args.steps, seed=args.seed, sigma_y=args.sigma_y,
-                  cmi=cmi_config(args), params=params, task=args.task, progress=not args.quiet)
+    steps = preset_steps(args, prior.shape)  # the notice, once, if --steps differs from the preset's
+    with warnings.catch_warnings():  # ... so not restore's warning too
+        warnings.simplefilter("ignore", PresetStepsWarning)
+        out = restore(prior, op, y, method, steps=steps, seed=args.seed, sigma_y=args.sigma_y,
+                      cmi=cmi_config(args), params=params, task=args.task, progress=not args.quiet)
     save_image(out[0], args.out)
     print(f"wrote {args.out}")
     if args.grid:
@@ -51,7 +55,8 @@ def register(sub) -> None:
     p.add_argument("--model-config", default=None, metavar="ffhq|imagenet|FILE.json",
                    help="architecture of a .pt checkpoint or bare .safetensors file: a named ADM "
                         "configuration or a JSON of create_model kwargs (default: guessed from its keys)")
-    p.add_argument("--steps", type=int, default=100, help="respaced reverse steps (the paper: 1000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="respaced reverse steps (default: the preset's, 1000 for paper/dps, 100 for small)")
     p.add_argument("--seed", type=int, default=0)
     add_measurement_arguments(p)
     add_kernel_arguments(p)
