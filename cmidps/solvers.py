@@ -17,6 +17,10 @@ moves it as it moves x'_{t-1} in DPS: the loop's CMI drift ``eta_t grad I`` (``s
 is added to the rule's x_{t-1}. Rules that build their own x_{t-1} from x0 (DDNM, DiffPIR) add the
 drift explicitly; TMPD adds its guidance to ``s.x_prop``, which already holds it.
 
+x0_hat in every rule below is the loop's ``s.x0_lik``: clamped to [-1, 1] under ``likelihood_clip``
+(the default for image priors, as the loop's own proposal clamps it), else the Tweedie estimate itself
+(the Gaussian-mixture priors).
+
 Every rule needs A^+ or K-solves, i.e. a linear operator: a nonlinear one
 (:class:`cmidps.nonlinear.NonlinearOperator`) is refused with a clear error (:func:`require_linear`).
 
@@ -65,7 +69,7 @@ def ddnm_x0(s: StepState, lam=1.0) -> torch.Tensor:
         x0|t = x0_hat - lam A^+ (A x0_hat - y)     (= A^+ y + (I - A^+ A) x0_hat for lam = 1, A A^+ A = A)
     """
     require_linear(s.op, "DDNM")
-    x0 = s.x0_hat.detach()
+    x0 = s.x0_lik.detach()
     return x0 - lam * s.op.A_pinv(s.op.A(x0) - s.y)
 
 
@@ -145,7 +149,7 @@ def diffpir(s: StepState, lam: float = 7.0, zeta: float = 0.3) -> torch.Tensor:
     """
     c = s.c
     x_t = s.x_t.detach()
-    x0 = diffpir_data_step(s, s.x0_hat.detach(), diffpir_rho(s, lam))
+    x0 = diffpir_data_step(s, s.x0_lik.detach(), diffpir_rho(s, lam))
     eps = (x_t - math.sqrt(c.abar) * x0) / math.sqrt(1.0 - c.abar)
     noise = math.sqrt(1.0 - zeta) * eps + math.sqrt(zeta) * s.noise
     return math.sqrt(c.abar_prev) * x0 + math.sqrt(1.0 - c.abar_prev) * noise + cmi_drift(s)
@@ -286,7 +290,7 @@ def ddrm(s: StepState, eta: float = 0.85, eta_b: float = 1.0) -> torch.Tensor:
     sig, sig_p = _ve_levels(s)
     sy = float(s.sigma_y)
     x_t = s.x_t.detach() / math.sqrt(s.c.abar)
-    x0 = s.x0_hat.detach()
+    x0 = s.x0_lik.detach()
     z = s.noise
     null = lambda v: v - svd.x(v, lambda sv: (sv > 0).to(sv.dtype))  # noqa: E731  (I - V V^T over s > 0)
     c = math.sqrt(1.0 - eta**2) * sig_p
@@ -318,7 +322,7 @@ def ddnm_svd(s: StepState) -> torch.Tensor:
     sigma = float(s.std.flatten()[0])
     a_sy = max(s.c.coef_x0 * float(s.sigma_y), 1e-30)
     lam = lambda sv: torch.where(sv > 0, (sigma * sv / a_sy).clamp(max=1.0), torch.zeros_like(sv))  # noqa: E731
-    x0 = s.x0_hat.detach()
+    x0 = s.x0_lik.detach()
     x0 = x0 - svd.x(x0, lam) + svd.y(s.y.expand(x0.shape[0], *s.y.shape[1:]), lambda sv: lam(sv) / sv)
     phi = lambda sv: torch.where(sv > 0, (sigma**2 - (a_sy / torch.where(sv > 0, sv, torch.ones_like(sv))) ** 2)  # noqa: E731
                                  .clamp(min=0.0).sqrt(), torch.full_like(sv, sigma))

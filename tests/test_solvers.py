@@ -133,7 +133,7 @@ def test_ddnm_x0_is_consistent_with_the_measurement():
         torch.testing.assert_close(x0 @ A.T, y.expand_as(x0 @ A.T))
         P = torch.linalg.pinv(A) @ A
         null = torch.eye(6, dtype=D) - P
-        torch.testing.assert_close(x0 @ null.T, s.x0_hat.detach() @ null.T)
+        torch.testing.assert_close(x0 @ null.T, s.x0_lik.detach() @ null.T)
         seen.append(1)
         return solvers.ddnm(s)
 
@@ -176,7 +176,7 @@ def test_diffpir_zeta_one_is_a_fresh_draw_around_the_data_step():
 
     def rule(s):
         out = solvers.diffpir(s, lam=2.0, zeta=1.0)
-        x0 = solvers.diffpir_data_step(s, s.x0_hat.detach(), solvers.diffpir_rho(s, 2.0))
+        x0 = solvers.diffpir_data_step(s, s.x0_lik.detach(), solvers.diffpir_rho(s, 2.0))
         c = s.c
         torch.testing.assert_close(out, c.abar_prev**0.5 * x0 + (1 - c.abar_prev) ** 0.5 * s.noise)
         return out
@@ -316,3 +316,26 @@ def test_restore_refuses_cmi_with_a_driver():
     with pytest.raises(ValueError, match="no x_t proposal"):
         parse_method("cmi+daps")
     assert parse_method("DDNM_plus") == ("ddnm_plus", False)
+
+
+def test_bench_speed_counts_one_network_evaluation_per_step_for_every_new_solver(tmp_path):
+    import json
+
+    from cmidps.cli import main
+    from cmidps.models.loading import save_network
+    from cmidps.models.unet import create_model
+
+    tiny = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+                num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
+    torch.manual_seed(0)
+    save_network(tmp_path / "m", create_model(**tiny), tiny, channels=1, image_size=16, learn_sigma=False)
+    out = tmp_path / "speed.json"
+    methods = "ddnm,ddnm_plus,ddnm_svd,ddrm,diffpir,tmpd,daps,reddiff"
+    rc = main(["bench", "speed", "--model", str(tmp_path / "m"), "--methods", methods, "--probes", "1",
+               "--estimators", "lowrank", "--timed-steps", "2", "--repeats", "1", "--image-batches", "1",
+               "--json", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())["methods"]
+    assert set(res) == set(methods.split(",")) | {f"cmi+{m}" for m in methods.split(",")[:6]}
+    for entry in res.values():
+        assert entry["network_evals_per_step"] == 1.0

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..cmi import CMIConfig
+from ..drivers import DRIVERS
 from ..restore import measure, parse_method
 from ..samplers import make_rule
 from ..sampling import sample
@@ -90,12 +91,16 @@ def method_step(prior, op, y, method: str, cmi: CMIConfig | None, timed_steps: i
                 params: dict | None = None) -> tuple[float, float | None, float]:
     """(seconds per step, peak memory in MB, network evaluations per step) of one method."""
     base, use_cmi = parse_method(method)
-    rule = make_rule(base, **(params or {}))
     nfe0 = getattr(prior, "nfe", 0)
+    if base in DRIVERS:  # DAPS, RED-diff (cmidps.drivers): their own drivers, one "step" per level / Adam step
+        def run():
+            DRIVERS[base](prior, op, y, steps=timed_steps, generator=torch.Generator().manual_seed(0), **(params or {}))
+    else:
+        rule = make_rule(base, **(params or {}))
 
-    def run():
-        sample(prior, op, y, rule, timed_steps, torch.Generator().manual_seed(0), cmi=cmi if use_cmi else None,
-               cmi_generator=torch.Generator().manual_seed(1), progress=False)
+        def run():
+            sample(prior, op, y, rule, timed_steps, torch.Generator().manual_seed(0), cmi=cmi if use_cmi else None,
+                   cmi_generator=torch.Generator().manual_seed(1), progress=False)
 
     reset = _reset_peak(device)
     sec = _median_seconds(run, repeats, device) / timed_steps
@@ -112,7 +117,7 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
     x = torch.rand((batch, *prior.shape), generator=torch.Generator().manual_seed(0)).to(device)
     op, y = measure(x, task, seed=0)
     jobs = [(m, None) for m in methods]
-    for m in methods:
+    for m in [m for m in methods if m not in DRIVERS]:  # CMI does not fit DAPS and RED-diff (docs/solvers.md)
         for est in estimators:
             for r in probes:
                 jobs.append((f"cmi+{m}", CMIConfig(estimator=est, probes=r, kinv=kinv)))
