@@ -139,8 +139,9 @@ def paint_stroke(vertices: torch.Tensor, size: int, width: float) -> torch.Tenso
     if len(vertices) == 1:
         vertices = torch.cat([vertices, vertices])
     dist2 = torch.full((len(pr),), math.inf, dtype=DT)
-    for s in range(0, len(vertices) - 1, 256):  # segments a -> b, in chunks
-        a, b = vertices[s : s + 256], vertices[s + 1 : s + 257]
+    chunk = max(8, 2**21 // len(pr))  # segments per pass: at most ~2M (pixel, segment) pairs
+    for s in range(0, len(vertices) - 1, chunk):  # segments a -> b
+        a, b = vertices[s : s + chunk], vertices[s + 1 : s + chunk + 1]
         a = a[: len(b)]
         ar, ac = a[:, 0], a[:, 1]
         br, bc = b[:, 0] - ar, b[:, 1] - ac
