@@ -31,18 +31,19 @@ import datetime
 import hashlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..cli_options import (add_cmi_arguments, add_measurement_arguments, check_sampling_options, cmi_config,
-                           run_command, step_params)
+                           preset_steps, run_command, step_params)
 from ..errors import InputError
 from ..image_sets import ImageSet, load_image_set
 from ..images import save_image
 from ..operators import TASKS
-from ..restore import measure, measurement_image, parse_method, restore
+from ..restore import PresetStepsWarning, measure, measurement_image, parse_method, restore
 from .report import SET_METRICS_FILE, write_image_report
 from .runner import Dist, batches, my_jobs
 from .store import ResultWriter, check_config, lock_folder, merge_results, read_results, results_path
@@ -203,7 +204,8 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="inpaint_random,inpaint_box,deblur_gauss,deblur_motion,sr4",
                    help=f"comma-separated tasks or 'all' ({', '.join(TASKS)})")
     p.add_argument("--methods", default="dps,cmi+dps", help="comma-separated: dps, pigdm, mcg, dsg, cmi+X")
-    p.add_argument("--steps", type=int, default=100, help="respaced reverse steps (the paper: 1000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="respaced reverse steps (default: the preset's, 1000 for paper/dps, 100 for small)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (each one a full pass)")
     p.add_argument("--out", required=True, help="output folder (resumable: rerun the same command)")
     p.add_argument("--batch", type=int, default=8, help="images per sampler call (does not change results)")
@@ -250,7 +252,7 @@ def run_images(args, on_job=None) -> int:
 
 def _check_options(args):
     """(tasks, methods, seeds, metric names or None) of the options, each checked."""
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise BenchError("--steps must be >= 1")
     if args.batch < 1:
         raise BenchError("--batch must be >= 1")
@@ -274,6 +276,8 @@ def _prepare(args, dist: Dist, tasks, methods, seeds, names):
         raise BenchError(f"model {args.model!r} is not an image model (sample shape {getattr(prior, 'shape', None)})")
     if args.dtype != "float32":
         prior = prior.to(getattr(torch, args.dtype))
+    if dist.is_main or args.steps is None:
+        args.steps = preset_steps(args, prior.shape)  # the preset's count, or a notice that it differs
     if not 1 <= args.steps <= prior.schedule.num_train_steps:
         raise BenchError(f"--steps {args.steps}: the model's schedule has {prior.schedule.num_train_steps} "
                          f"steps; choose 1..{prior.schedule.num_train_steps}")
@@ -372,8 +376,10 @@ def _run_jobs(args, dist: Dist, prior, plan: Plan, mine, cmi, on_job) -> None:
             x = images.get(idx).to(dist.device, getattr(torch, args.dtype))
             op, y = measure(x, task, seed=seed, sigma_y=args.sigma_y, preset=args.preset, items=items)
             t0 = time.perf_counter()
-            xhat = restore(prior, op, y, method, steps=args.steps, seed=seed, sigma_y=args.sigma_y, cmi=cmi,
-                           params=params, task=task, items=items, progress=False)
+            with warnings.catch_warnings():  # preset_steps printed the notice once
+                warnings.simplefilter("ignore", PresetStepsWarning)
+                xhat = restore(prior, op, y, method, steps=args.steps, seed=seed, sigma_y=args.sigma_y, cmi=cmi,
+                               params=params, task=task, items=items, progress=False)
             if xhat.is_cuda:
                 torch.cuda.synchronize(xhat.device)
             seconds = (time.perf_counter() - t0) / len(idx)
