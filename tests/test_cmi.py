@@ -132,3 +132,63 @@ def test_config_rejects_unknown_options():
         CMIConfig(estimator="magic")
     with pytest.raises(ValueError, match="K\\^-1"):
         CMIConfig(kinv="svd")
+
+
+# --- the frozen-convolution path of the UNet (cmidps.models.unet._FrozenConv) ----------------------
+def _tiny_unet():
+    from cmidps.models.unet import create_model
+
+    torch.manual_seed(0)
+    net = create_model(image_size=16, num_channels=16, num_res_blocks=1, channel_mult="1,2",
+                       attention_resolutions="8", num_head_channels=8, use_scale_shift_norm=True,
+                       resblock_updown=True, learn_sigma=True).to(D)
+    with torch.no_grad():  # zero-initialised layers get weights, so every path carries gradient
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net.eval()
+
+
+def _cmi_like_gradient(net, x, a, b, v):
+    """grad_x [<J^T a, b> + <x0, v>] by the double vjp, with x0 = the network's first 3 channels."""
+    x = x.clone().requires_grad_(True)
+    x0 = net(x, torch.tensor([300]))[:, :3]
+    (jt_a,) = torch.autograd.grad(x0, x, a, create_graph=True)
+    (g,) = torch.autograd.grad((jt_a * b).sum() + (x0 * v).sum(), x)
+    return x0.detach(), jt_a.detach(), g
+
+
+def test_frozen_conv_path_matches_torch_convolutions():
+    """Frozen weights take the transposed-convolution backward: same forward bit for bit, same first
+    and second derivatives (to rounding) as torch's own convolution (trainable weights), strided
+    convolutions and the attention's Conv1d included."""
+    net = _tiny_unet()
+    g = torch.Generator().manual_seed(0)
+    x, a, b, v = (torch.randn(2, 3, 16, 16, generator=g, dtype=D) for _ in range(4))
+    net.requires_grad_(False)
+    frozen = _cmi_like_gradient(net, x, a, b, v)
+    net.requires_grad_(True)
+    native = _cmi_like_gradient(net, x, a, b, v)
+    assert torch.equal(frozen[0], native[0])
+    for f, n in zip(frozen[1:], native[1:]):
+        assert n.abs().max() > 1e-3
+        torch.testing.assert_close(f, n, rtol=1e-10, atol=1e-12)
+
+
+def test_frozen_conv_counts_one_convolution_per_double_backward():
+    """A double backward through a frozen convolution: torch's own runs three convolution-sized ops
+    (one of them weight-gradient-shaped, for weights that need no gradient); the frozen path two."""
+    from cmidps.models.unet import Conv2d
+
+    conv = Conv2d(4, 4, 3, stride=2, padding=1).to(D).requires_grad_(False)
+    x = torch.randn(1, 4, 9, 9, dtype=D, requires_grad=True)
+
+    def count():
+        y = torch.nn.functional.silu(conv(x))
+        (gx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
+        with torch.profiler.profile() as prof:
+            torch.autograd.grad(gx.sum(), x)
+        return sum(e.count for e in prof.key_averages() if e.key in ("aten::convolution", "aten::convolution_backward"))
+
+    frozen = count()
+    conv.requires_grad_(True)
+    assert (frozen, count()) == (2, 3)

@@ -13,6 +13,9 @@ Differences from the reference code (none changes a key, a shape or a float32 re
 * attention is computed with plain ``matmul`` + ``softmax`` so that second derivatives exist on
   every backend (the CMI step differentiates through the network twice);
 * no gradient checkpointing;
+* convolutions are :class:`Conv2d` / :class:`Conv1d`, subclasses of torch's with the same keys and
+  forward, whose backward with frozen weights is a transposed convolution (a cheaper double
+  backward for the CMI term);
 * group norms fall back to ``gcd(32, channels)`` groups for widths not divisible by 32 (tiny
   models), and compute in float32 *or wider*, so float64 models stay float64;
 * ``in_channels`` is a parameter of :func:`create_model` (1-channel MNIST models), and
@@ -60,6 +63,59 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.to(wide)).to(x.dtype)
 
 
+class _FrozenConv:
+    """A convolution whose derivatives skip what frozen weights do not need (mixed into
+    :class:`Conv2d` and :class:`Conv1d`; the forward is the module's own convolution, bit-identical).
+
+    With weights that do not require grad (sampling), the backward is one transposed convolution
+    written with differentiable ops (:class:`_FrozenConvFn`). A double backward (the CMI term) then
+    costs two convolutions per layer; torch's own runs three, one of them weight-gradient-shaped
+    although the weights are frozen (12-23% of a CMI step, issue 11). Gradients are the same to
+    rounding (``tests/test_cmi.py``). Trainable weights, no-grad mode and non-zero padding modes take
+    torch's own path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.requires_grad or not torch.is_grad_enabled() or self.padding_mode != "zeros" \
+                or isinstance(self.padding, str):
+            return super().forward(x)
+        return _FrozenConvFn.apply(x, self)
+
+
+class _FrozenConvFn(torch.autograd.Function):
+    """``conv(x, W) + b`` with constant ``W, b``; backward ``conv_transpose(g, W)`` (differentiable, so
+    a double backward is one more convolution)."""
+
+    @staticmethod
+    def forward(ctx, x, conv):
+        ctx.conv, ctx.in_shape = conv, x.shape
+        return conv._conv_forward(x, conv.weight, conv.bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _conv_input_grad(ctx.conv, grad, ctx.in_shape), None
+
+
+def _conv_input_grad(conv, grad: torch.Tensor, in_shape) -> torch.Tensor:
+    """The input gradient of ``conv`` as a transposed convolution (output padding restores the size
+    that a strided convolution rounds away)."""
+    n = grad.ndim - 2
+    out_pad = tuple(
+        in_shape[2 + i] - ((grad.shape[2 + i] - 1) * conv.stride[i] - 2 * conv.padding[i]
+                           + conv.dilation[i] * (conv.kernel_size[i] - 1) + 1) for i in range(n))
+    transpose = F.conv_transpose2d if n == 2 else F.conv_transpose1d
+    weight = conv.weight.to(grad.dtype)  # under autocast the backward sees a low-precision grad
+    return transpose(grad, weight, None, conv.stride, conv.padding, out_pad, conv.groups, conv.dilation)
+
+
+class Conv2d(_FrozenConv, nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and keys) with frozen-weight derivatives (:class:`_FrozenConv`)."""
+
+
+class Conv1d(_FrozenConv, nn.Conv1d):
+    """``nn.Conv1d`` (same parameters and keys) with frozen-weight derivatives (:class:`_FrozenConv`)."""
+
+
 def normalization(channels: int) -> GroupNorm32:
     groups = 32 if channels % 32 == 0 else math.gcd(32, channels)
     return GroupNorm32(groups, channels)
@@ -97,7 +153,7 @@ class Upsample(nn.Module):
         self.out_channels = out_channels or channels
         self.use_conv = use_conv
         if use_conv:
-            self.conv = nn.Conv2d(channels, self.out_channels, 3, padding=1)
+            self.conv = Conv2d(channels, self.out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -112,7 +168,7 @@ class Downsample(nn.Module):
         self.channels = channels
         self.out_channels = out_channels or channels
         if use_conv:
-            self.op = nn.Conv2d(channels, self.out_channels, 3, stride=2, padding=1)
+            self.op = Conv2d(channels, self.out_channels, 3, stride=2, padding=1)
         else:
             if self.out_channels != channels:
                 raise ValueError("average-pool downsampling cannot change the channel count")
@@ -137,7 +193,7 @@ class ResBlock(TimestepBlock):
         self.out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv2d(channels, self.out_channels, 3, padding=1)
+            normalization(channels), nn.SiLU(), Conv2d(channels, self.out_channels, 3, padding=1)
         )
         self.updown = up or down
         if up:
@@ -154,14 +210,14 @@ class ResBlock(TimestepBlock):
             normalization(self.out_channels),
             nn.SiLU(),
             nn.Dropout(p=dropout),
-            zero_module(nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1)),
+            zero_module(Conv2d(self.out_channels, self.out_channels, 3, padding=1)),
         )
         if self.out_channels == channels:
             self.skip_connection = nn.Identity()
         elif use_conv:
-            self.skip_connection = nn.Conv2d(channels, self.out_channels, 3, padding=1)
+            self.skip_connection = Conv2d(channels, self.out_channels, 3, padding=1)
         else:
-            self.skip_connection = nn.Conv2d(channels, self.out_channels, 1)
+            self.skip_connection = Conv2d(channels, self.out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.updown:
@@ -222,8 +278,8 @@ class AttentionBlock(nn.Module):
             self.num_heads = channels // num_head_channels
         self.legacy_order = not use_new_attention_order
         self.norm = normalization(channels)
-        self.qkv = nn.Conv1d(channels, channels * 3, 1)
-        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+        self.qkv = Conv1d(channels, channels * 3, 1)
+        self.proj_out = zero_module(Conv1d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
@@ -277,7 +333,7 @@ class UNetModel(nn.Module):
 
         # Encoder: a stem conv, then per level num_res_blocks blocks (+attention) and a downsampler.
         ch = input_ch = int(self.channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(Conv2d(in_channels, ch, 3, padding=1))])
         skip_chans = [ch]
         ds = 1
         for level, mult in enumerate(self.channel_mult):
@@ -311,7 +367,7 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1))
+            normalization(ch), nn.SiLU(), zero_module(Conv2d(input_ch, out_channels, 3, padding=1))
         )
         if use_fp16:
             self.convert_to_fp16()
