@@ -142,8 +142,13 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
            generator, sigma_y: float = 0.05, x_T: torch.Tensor | None = None,
            batch: int | None = None, cmi: CMIConfig | None = None, cmi_generator=None,
            ddim_eta: float | None = None, progress: bool = True, desc: str = "sampling",
-           likelihood_clip: bool | None = None) -> torch.Tensor:
+           likelihood_clip: bool | None = None, amp: torch.dtype | None = None) -> torch.Tensor:
     """Run the reverse diffusion from x_T ~ N(0, I) and return x_0.
+
+    ``amp``: run the network evaluation (step 1) under ``torch.autocast`` in this dtype (e.g.
+    ``torch.bfloat16``); its output is cast back, so Tweedie, the rules, the CMI probes and the K^-1
+    solves stay in the dtype of ``y``. The backward passes through the network (DPS, CMI) follow the
+    autocast dtypes of the forward. See docs/performance.md for what it does to the CMI estimate.
 
     ``likelihood_clip``: how x0_hat enters every likelihood term and the CMI term (see
     :class:`StepState`): clamped to [-1, 1] (the DPS code) or not (Algorithm 1 literally). ``None``
@@ -170,7 +175,10 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
     for c in bar:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            eps, var_values = prior.eps(x, c.t)  # 1. the one network evaluation of this step
+            with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+                eps, var_values = prior.eps(x, c.t)  # 1. the one network evaluation of this step
+            if amp is not None:
+                eps, var_values = eps.to(dtype), None if var_values is None else var_values.to(dtype)
             x0_hat = x0_from_eps(x, eps, c)  # 2. Tweedie
             x0_lik = x0_hat.clamp(-1.0, 1.0) if clip_lik else x0_hat  # what the likelihood terms see
             mean, std = _proposal(x, x0_hat, eps, var_values, c, prior.clip_x0, ddim_eta)
