@@ -446,7 +446,12 @@ class ReflectBlur(LinearOperator):
         return self.x_shape[1] + 2 * self.pad[0], self.x_shape[2] + 2 * self.pad[1]
 
     def _spectrum(self, like: Tensor) -> Tensor:
-        return torch.fft.rfft2(self._buf("kernel", like), s=self._padded_shape())
+        """The kernel's rFFT on the padded grid, computed once per dtype and device."""
+        key = (like.dtype, like.device, self.kernel.data_ptr())
+        cache = self.__dict__.setdefault("_spectra", {})
+        if key not in cache:
+            cache[key] = torch.fft.rfft2(self._buf("kernel", like), s=self._padded_shape())
+        return cache[key]
 
     def pad_reflect(self, x: Tensor) -> Tensor:
         """P x (equals ``F.pad(x, mode="reflect")``)."""
