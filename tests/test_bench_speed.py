@@ -28,3 +28,22 @@ def test_bench_speed_schema_and_network_evaluations(tmp_path):
         # no method calls the denoiser more than once per step (CMI adds backward passes only)
         assert entry["network_evals_per_step"] == 1.0
     assert set(res["images_per_second"]["cmi+dps"]) == {"1", "2"}
+
+
+def test_bench_speed_phases_auto_device_and_bf16(tmp_path):
+    torch.manual_seed(0)
+    save_network(tmp_path / "m", create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
+    out = tmp_path / "speed.json"
+    rc = main(["bench", "speed", "--model", str(tmp_path / "m"), "--methods", "dps", "--estimators", "lowrank",
+               "--probes", "1", "--timed-steps", "1", "--repeats", "1", "--image-batches", "", "--phases",
+               "--device", "auto", "--amp", "bf16", "--json", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert res["config"]["amp"] == "bfloat16"
+    assert set(res["phases"]) == {"dps_forward", "dps_backward", "cmi_forward", "cmi_objective_vjp",
+                                  "cmi_fused_backward"}
+    assert all(v["ms"] > 0 and v["cpu_ms"] >= 0 for v in res["phases"].values())
+    assert res["methods"]["cmi+dps"]["cpu_ratio_to_baseline"] > 0
+    assert res["images_per_second"] == {}
+    assert all(e["network_evals_per_step"] == 1.0 for e in res["methods"].values())

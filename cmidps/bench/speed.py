@@ -4,6 +4,12 @@ Everything is timed in the same process, interleaved, and reported as ratios to 
 network forward+backward, because machines here are noisy: absolute milliseconds move between
 runs, ratios much less. A "step" is timed as a whole reverse-diffusion run of ``timed_steps``
 steps divided by its length (so loop overhead is included), median over ``repeats`` after a warm-up.
+Each time is taken twice: wall clock and the process's CPU time (all threads). On a shared machine the
+wall clock carries other processes' load; CPU-time ratios carry much less of it (``cpu_*`` keys).
+
+``--phases`` also times the parts of one DPS and one CMI+DPS step (forward with a graph, the CMI
+objective's vector-Jacobian product with a graph, the fused final backward) at the middle of the
+schedule; ``--device auto`` takes cuda when present; ``--amp bf16`` runs the network under autocast.
 """
 from __future__ import annotations
 
@@ -60,20 +66,38 @@ def _peak_mb(device) -> float | None:
     return None if hwm is None else hwm / 1024  # whole process (weights included)
 
 
-def _median_seconds(fn, repeats: int, device) -> float:
+def resolve_device(device: str) -> str:
+    """``auto``: cuda when torch sees a GPU, else cpu; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _timed(fn, device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _median_times(fn, repeats: int, device) -> tuple[float, float]:
+    """Median (wall, CPU) seconds over ``repeats`` calls after a warm-up call."""
     fn()  # warm-up (allocations, lazy init)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = [_timed(fn, device) for _ in range(repeats)]
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
 
-def network_fwd_bwd(prior, batch: int, device, repeats: int) -> float:
-    """Seconds for one forward and one backward (to the input) of the bare denoiser."""
+def _median_seconds(fn, repeats: int, device) -> float:
+    return _median_times(fn, repeats, device)[0]
+
+
+def network_fwd_bwd(prior, batch: int, device, repeats: int, amp=None) -> tuple[float, float]:
+    """(wall, CPU) seconds for one forward and one backward (to the input) of the bare denoiser."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn((batch, *prior.shape), generator=g).to(device)
     v = torch.randn((batch, *prior.shape), generator=g).to(device)
@@ -81,15 +105,17 @@ def network_fwd_bwd(prior, batch: int, device, repeats: int) -> float:
 
     def run():
         xx = x.detach().requires_grad_(True)
-        eps, _ = prior.eps(xx, t)
-        torch.autograd.grad((eps * v).sum(), xx)
+        with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
+            eps, _ = prior.eps(xx, t)
+        torch.autograd.grad((eps.float() * v).sum(), xx)
 
-    return _median_seconds(run, repeats, device)
+    return _median_times(run, repeats, device)
 
 
 def method_step(prior, op, y, method: str, cmi: CMIConfig | None, timed_steps: int, device, repeats: int,
-                params: dict | None = None) -> tuple[float, float | None, float]:
-    """(seconds per step, peak memory in MB, network evaluations per step) of one method."""
+                params: dict | None = None, amp=None, cpu: bool = False) -> tuple:
+    """(seconds per step, peak memory in MB, network evaluations per step) of one method, and with
+    ``cpu`` the process CPU seconds per step as a fourth entry."""
     base, use_cmi = parse_method(method)
     nfe0 = getattr(prior, "nfe", 0)
     if base in DRIVERS:  # DAPS, RED-diff (cmidps.drivers): their own drivers, one "step" per level / Adam step
@@ -100,18 +126,73 @@ def method_step(prior, op, y, method: str, cmi: CMIConfig | None, timed_steps: i
 
         def run():
             sample(prior, op, y, rule, timed_steps, torch.Generator().manual_seed(0), cmi=cmi if use_cmi else None,
-                   cmi_generator=torch.Generator().manual_seed(1), progress=False)
+                   cmi_generator=torch.Generator().manual_seed(1), progress=False, amp=amp)
 
     reset = _reset_peak(device)
-    sec = _median_seconds(run, repeats, device) / timed_steps
+    wall, cpu_s = _median_times(run, repeats, device)
     nfe = (getattr(prior, "nfe", 0) - nfe0) / ((repeats + 1) * timed_steps)
-    return sec, _peak_mb(device) if reset else None, nfe
+    out = (wall / timed_steps, _peak_mb(device) if reset else None, nfe)
+    return out + (cpu_s / timed_steps,) if cpu else out
+
+
+def step_phases(prior, op, y, cfg: CMIConfig, device, repeats: int, zeta: float = 1.0, amp=None) -> dict:
+    """Milliseconds (wall and CPU) of the parts of one DPS and one CMI+DPS step at the middle of a
+    100-step schedule, with the loop's likelihood clip: the forward with a graph (network, Tweedie,
+    clamp), the CMI objective (probes, K^-1, one vector-Jacobian product with a graph per probe) and
+    the final backward (DPS: one backward; CMI+DPS: the fused double backward of
+    ``eta cmi_objective + <x0_lik, v>``, as :meth:`cmidps.sampling.StepState.guided` takes it)."""
+    from ..cmi import cmi_objective
+    from ..diffusion import x0_from_eps
+
+    c = prior.schedule.respace(100).at(50)
+    x0 = torch.randn((y.shape[0], *prior.shape), generator=torch.Generator().manual_seed(2)).to(device)
+    clip = bool(getattr(prior, "clip_x0", False))
+    kind = torch.device(device).type
+    res: dict[str, list] = {}
+
+    def timed(name, fn):
+        out = None
+
+        def call():
+            nonlocal out
+            out = fn()
+        w, cp = _timed(call, device)
+        res.setdefault(name, []).append((w, cp))
+        return out
+
+    def forward(x):
+        with torch.autocast(kind, dtype=amp, enabled=amp is not None):
+            eps, _ = prior.eps(x, c.t)
+        x0_hat = x0_from_eps(x, eps.to(x.dtype), c)
+        return x0_hat, (x0_hat.clamp(-1.0, 1.0) if clip else x0_hat)
+
+    def v_of(x0_lik):
+        r = (y - op.A(x0_lik)).detach()
+        return zeta * op.A_adjoint(r) / r.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *[1] * (r.ndim - 1))
+
+    for rep in range(repeats + 1):  # the first round is a warm-up
+        x = x0.clone().requires_grad_(True)
+        x0_hat, x0_lik = timed("dps_forward", lambda: forward(x))
+        v = v_of(x0_lik)
+        timed("dps_backward", lambda: torch.autograd.grad((x0_lik * v).sum(), x))
+        del x0_hat, x0_lik
+        x = x0.clone().requires_grad_(True)
+        x0_hat, x0_lik = timed("cmi_forward", lambda: forward(x))
+        v = v_of(x0_lik)
+        obj = timed("cmi_objective_vjp", lambda: cfg.eta * cmi_objective(
+            x, x0_hat, c, op, 0.05, cfg, torch.Generator().manual_seed(rep), clip=clip))
+        timed("cmi_fused_backward", lambda: torch.autograd.grad(obj + (x0_lik * v).sum(), x))
+        del x0_hat, x0_lik, obj
+        if rep == 0:
+            res.clear()
+    return {name: {"ms": 1e3 * statistics.median(t[0] for t in ts), "cpu_ms": 1e3 * statistics.median(t[1] for t in ts)}
+            for name, ts in res.items()}
 
 
 def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, task: str = "sr4",
                 methods=DEFAULT_METHODS, estimators=("lowrank", "hutchinson"), probes=(1, 4),
                 kinv: str = "isotropic", image_batches=(1, 4, 16), steps: int = 100, device="cpu",
-                progress: bool = True, steps_list=()) -> dict:
+                progress: bool = True, steps_list=(), phases: bool = False, amp=None) -> dict:
     from tqdm.auto import tqdm
 
     x = torch.rand((batch, *prior.shape), generator=torch.Generator().manual_seed(0)).to(device)
@@ -121,36 +202,40 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
         for est in estimators:
             for r in probes:
                 jobs.append((f"cmi+{m}", CMIConfig(estimator=est, probes=r, kinv=kinv)))
-    bar = tqdm(total=len(jobs) + 1 + 2 * len(image_batches) + 2 * len(steps_list), desc="bench speed",
-               disable=not progress)
-    net = network_fwd_bwd(prior, batch, device, repeats)
+    bar = tqdm(total=len(jobs) + 1 + 2 * len(image_batches) + 2 * len(steps_list) + int(phases),
+               desc="bench speed", disable=not progress)
+    net, net_cpu = network_fwd_bwd(prior, batch, device, repeats, amp)
     bar.update()
-    out = {"network_fwd_bwd_ms": 1e3 * net, "methods": {}}
+    out = {"network_fwd_bwd_ms": 1e3 * net, "network_fwd_bwd_cpu_ms": 1e3 * net_cpu, "methods": {}}
     for method, cfg in jobs:
         key = method if cfg is None else (
             method if (cfg.estimator, cfg.probes) == ("lowrank", 1) else f"{method}[{cfg.estimator},r={cfg.probes}]")
-        sec, mem, nfe = method_step(prior, op, y, method, cfg, timed_steps, device, repeats)
-        out["methods"][key] = {"ms_per_step": 1e3 * sec, "ratio_to_network": sec / net,
+        sec, mem, nfe, cpu_s = method_step(prior, op, y, method, cfg, timed_steps, device, repeats, amp=amp, cpu=True)
+        out["methods"][key] = {"ms_per_step": 1e3 * sec, "cpu_ms_per_step": 1e3 * cpu_s, "ratio_to_network": sec / net,
                                "peak_mem_mb": mem, "network_evals_per_step": nfe}
         bar.update()
     for key, entry in out["methods"].items():
         if key.startswith("cmi+"):
-            base = key[4:].split("[")[0]
-            entry["ratio_to_baseline"] = entry["ms_per_step"] / out["methods"][base]["ms_per_step"]
+            base = out["methods"][key[4:].split("[")[0]]
+            entry["ratio_to_baseline"] = entry["ms_per_step"] / base["ms_per_step"]
+            entry["cpu_ratio_to_baseline"] = entry["cpu_ms_per_step"] / base["cpu_ms_per_step"]
+    if phases:
+        out["phases"] = step_phases(prior, op, y, CMIConfig(kinv=kinv), device, repeats, amp=amp)
+        bar.update()
     ips = {}
-    for method in ("dps", "cmi+dps"):
+    for method in ("dps", "cmi+dps") if image_batches else ():
         ips[method] = {}
         for b in image_batches:
             xb = torch.rand((b, *prior.shape), generator=torch.Generator().manual_seed(1)).to(device)
             opb, yb = measure(xb, task, seed=0)
-            sec, _, _ = method_step(prior, opb, yb, method, CMIConfig(), timed_steps, device, 1)
+            sec, _, _ = method_step(prior, opb, yb, method, CMIConfig(), timed_steps, device, 1, amp=amp)
             ips[method][str(b)] = b / (sec * steps)
             bar.update()
     full = {}
     for method in ("dps", "cmi+dps") if steps_list else ():
         full[method] = {}
         for n in steps_list:  # whole restorations: seconds against the number of steps
-            sec, _, _ = method_step(prior, op, y, method, CMIConfig(), n, device, 1)
+            sec, _, _ = method_step(prior, op, y, method, CMIConfig(), n, device, 1, amp=amp)
             full[method][str(n)] = sec * n
             bar.update()
     bar.close()
@@ -159,7 +244,8 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
         out["seconds_per_restoration"] = full
     out["config"] = {"model": getattr(prior, "name", type(prior).__name__), "shape": list(prior.shape),
                      "batch": batch, "task": task, "timed_steps": timed_steps, "repeats": repeats,
-                     "steps_for_images_per_second": steps, "kinv": kinv, "device": str(device)}
+                     "steps_for_images_per_second": steps, "kinv": kinv, "device": str(device),
+                     "amp": None if amp is None else str(amp).replace("torch.", "")}
     out["machine"] = machine_info(device)
     return out
 
@@ -167,7 +253,8 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
 def machine_info(device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            **{k: os.environ[k] for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ}}
     if str(device).startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -192,13 +279,19 @@ def random_adm_prior(image_size: int, device="cpu"):
 def format_table(res: dict) -> str:
     lines = [f"bare network forward+backward: {res['network_fwd_bwd_ms']:.1f} ms "
              f"(batch {res['config']['batch']}, {res['config']['model']})",
-             f"{'method':<28}{'ms/step':>10}{'x network':>11}{'x baseline':>12}{'evals/step':>12}{'peak MB':>10}"]
+             f"{'method':<28}{'ms/step':>10}{'x network':>11}{'x baseline':>12}{'CPU x base':>12}"
+             f"{'evals/step':>12}{'peak MB':>10}"]
     for key, e in res["methods"].items():
         mem = "-" if e["peak_mem_mb"] is None else f"{e['peak_mem_mb']:.0f}"
         base = f"{e['ratio_to_baseline']:.2f}" if "ratio_to_baseline" in e else "-"
-        lines.append(f"{key:<28}{e['ms_per_step']:>10.1f}{e['ratio_to_network']:>11.2f}{base:>12}"
+        cpu = f"{e['cpu_ratio_to_baseline']:.2f}" if "cpu_ratio_to_baseline" in e else "-"
+        lines.append(f"{key:<28}{e['ms_per_step']:>10.1f}{e['ratio_to_network']:>11.2f}{base:>12}{cpu:>12}"
                      f"{e['network_evals_per_step']:>12.2f}{mem:>10}")
-    lines.append(f"images per second ({res['config']['steps_for_images_per_second']} steps):")
+    if "phases" in res:
+        lines.append("phases of one step (ms wall / CPU): " + ", ".join(
+            f"{k} {v['ms']:.0f}/{v['cpu_ms']:.0f}" for k, v in res["phases"].items()))
+    if res["images_per_second"]:
+        lines.append(f"images per second ({res['config']['steps_for_images_per_second']} steps):")
     for m, d in res["images_per_second"].items():
         lines.append(f"  {m:<10}" + "  ".join(f"batch {b}: {v:.3f}" for b, v in d.items()))
     for m, d in res.get("seconds_per_restoration", {}).items():
@@ -210,16 +303,17 @@ def run_speed(args) -> int:
     from ..models.loading import load_prior
 
     results = {}
+    device = resolve_device(args.device)
     specs = [args.model] if not args.image_sizes else [f"adm-random:{s}" for s in args.image_sizes.split(",")]
     for spec in specs:
-        prior = (random_adm_prior(int(spec.split(":")[1]), args.device) if spec.startswith("adm-random:")
-                 else load_prior(spec, device=args.device))
+        prior = (random_adm_prior(int(spec.split(":")[1]), device) if spec.startswith("adm-random:")
+                 else load_prior(spec, device=device))
         res = bench_speed(prior, batch=args.batch, timed_steps=args.timed_steps, repeats=args.repeats,
                           task=args.task, methods=tuple(args.methods.split(",")),
                           estimators=tuple(args.estimators.split(",")),
                           probes=tuple(int(r) for r in args.probes.split(",")), kinv=args.kinv,
-                          image_batches=tuple(int(b) for b in args.image_batches.split(",")), steps=args.steps,
-                          device=args.device, progress=not args.quiet,
+                          image_batches=tuple(int(b) for b in args.image_batches.split(",") if b), steps=args.steps,
+                          device=device, progress=not args.quiet, phases=args.phases, amp=AMP[args.amp],
                           steps_list=tuple(int(n) for n in args.steps_list.split(",")) if args.steps_list else ())
         print(format_table(res))
         results[spec] = res
@@ -248,9 +342,13 @@ def add_speed_parser(bench) -> None:
     p.add_argument("--estimators", default="lowrank,hutchinson")
     p.add_argument("--probes", default="1,4")
     p.add_argument("--kinv", default="isotropic", choices=["isotropic", "cg"])
-    p.add_argument("--image-batches", default="1,4,16")
+    p.add_argument("--image-batches", default="1,4,16", help="batches for images per second ('' for none)")
     p.add_argument("--steps-list", default="", help="also time whole restorations with these step counts, e.g. 10,50")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when present, else cpu)")
+    p.add_argument("--amp", default="none", choices=sorted(AMP),
+                   help="run the network under autocast in this dtype (CMI, K^-1 and the rules stay float32)")
+    p.add_argument("--phases", action="store_true",
+                   help="also time the parts of one DPS and one CMI+DPS step (forward, CMI VJP, final backward)")
     p.add_argument("--json", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_speed)
