@@ -103,6 +103,89 @@ def preset_steps(args, x_shape) -> int:
     return args.steps
 
 
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    """``--to-gray`` / ``--to-rgb``: convert input images whose channels differ from the model's
+    (off by default: such an image is an error)."""
+    p.add_argument("--to-gray", action="store_true", help="convert RGB input images for a grayscale model")
+    p.add_argument("--to-rgb", action="store_true", help="convert grayscale input images for an RGB model")
+
+
+def convert_option(args, channels: int) -> bool:
+    """Whether to convert input images for a model with ``channels`` channels (the flag that fits it)."""
+    return bool(getattr(args, "to_gray", False)) if channels == 1 else bool(getattr(args, "to_rgb", False))
+
+
+def add_device_argument(p: argparse.ArgumentParser, more: str = "") -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:N" + more)
+
+
+def resolve_device(name: str | None) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; a CUDA device that is not there
+    is a ``ValueError`` saying so."""
+    import torch
+
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N): {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device is available on this machine; use --device cpu "
+                             f"(or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name
+
+
+def _writable_folder(folder, option: str, shown) -> None:
+    """Check that files can be created in ``folder`` or, if it does not exist yet, in its nearest
+    existing ancestor (a real test: root ignores permission bits)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder).expanduser().absolute()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{option} {shown}: {probe} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as exc:
+        raise ValueError(f"{option} {shown}: cannot write in {probe} ({exc.strerror or exc})") from None
+
+
+def check_output_file(path, option: str = "--out") -> None:
+    """Before any work: ``path`` is not a folder, has an image extension PIL can write, and its
+    folder is writable. A ``ValueError`` naming the option."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; give a file name, e.g. {str(p / 'restored.png')!r}")
+    known = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if p.suffix.lower() not in known:
+        raise ValueError(f"{option} {str(path)!r}: unknown image extension {p.suffix or '(none)'!r}; "
+                         f"use .png (or .jpg, .bmp, .tif, .webp)")
+    _writable_folder(p.parent, option, repr(str(path)))
+
+
+def check_output_folder(path, option: str = "--out") -> None:
+    """Before any work: ``path`` is a folder (or can be made) in which files can be written."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a file; give a folder")
+    _writable_folder(p, option, repr(str(path)))
+
+
 def step_params(args) -> dict:
     """The step sizes given on the command line (``zeta``, ``weight``, ``gamma``; the unset ones left out)."""
     return {k: v for k, v in (("zeta", args.zeta), ("weight", args.weight), ("gamma", args.gamma)) if v is not None}
@@ -116,13 +199,13 @@ def check_sampling_options(args) -> None:
         v = getattr(args, name, None)
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-    for name in ("probes", "cg_iters"):
+    for name in ("probes", "cg_iters", "steps"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
 
 
-INTERRUPTED = "interrupted (a bench run resumes where it stopped: rerun the same command)"
+INTERRUPTED = "interrupted"
 
 
 def run_command(args) -> int:
@@ -135,8 +218,8 @@ def run_command(args) -> int:
     """
     try:
         code = args.func(args)
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+    except KeyboardInterrupt:  # a command may say what an interruption leaves (set_defaults(interrupted=...))
+        print(getattr(args, "interrupted", None) or INTERRUPTED, file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cli_options import add_cmi_arguments, check_sampling_options, cmi_config
+from .cli_options import (add_cmi_arguments, add_device_argument, check_output_folder, check_sampling_options,
+                          cmi_config, resolve_device)
 from .operators import TASKS
 
 
 def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int = 4, steps: int = 100,
-             seed: int = 0, tasks=TASKS, methods=("dps", "cmi+dps"), cmi=None, progress: bool = True) -> dict:
+             seed: int = 0, tasks=TASKS, methods=("dps", "cmi+dps"), cmi=None, progress: bool = True,
+             device: str = "cpu") -> dict:
     from .data import load_heldout
     from .images import image_grid
     from .metrics import psnr, ssim
@@ -27,12 +29,11 @@ def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int =
     from .restore import measure, measurement_image, restore
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    prior = load_prior(model)
+    prior = load_prior(model, device=device)
     images, labels = load_heldout()
     # A spread of digits: evenly spaced held-out images (they come two per class, in class order).
     pick = torch.arange(0, len(images), max(1, len(images) // n_images))[:n_images]
-    x, labels = images[pick], labels[pick]
+    x, labels = images[pick].to(device), labels[pick]
     rows, grid_rows = [], []
     bar = tqdm(total=len(tasks) * len(methods), desc="demo", disable=not progress)
     results = {}
@@ -60,6 +61,7 @@ def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int =
         grid_rows.append([x[j], measurement_image(op, y, prior.shape)[j]] +
                          [results[(task, m)][2][j] for m in methods])
     grid = image_grid(grid_rows, row_labels=list(tasks), col_labels=["truth", "measurement", *methods], scale=4)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no folder behind
     grid.save(out / "grid.png")
     report = {"model": model, "images": [int(i) for i in pick], "labels": [int(v) for v in labels],
               "steps": steps, "seed": seed, "rows": rows}
@@ -80,9 +82,11 @@ def _run(args) -> int:
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     check_sampling_options(args)
+    check_output_folder(args.out, "--out")
+    device = resolve_device(args.device)
     t0 = time.perf_counter()
     report = run_demo(args.out, args.model, args.images, args.steps, args.seed, cmi=cmi_config(args),
-                      progress=not args.quiet)
+                      progress=not args.quiet, device=device)
     print(format_table(report["rows"]))
     print(f"wrote {Path(args.out) / 'grid.png'} and {Path(args.out) / 'metrics.json'} "
           f"in {time.perf_counter() - t0:.0f} s")
@@ -98,5 +102,6 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    add_device_argument(p)
     add_cmi_arguments(p)
     p.set_defaults(func=_run)

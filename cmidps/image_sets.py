@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .images import IMAGE_SUFFIXES, ImageError, load_image
+from .images import IMAGE_SUFFIXES, ImageError, check_channels, load_image
 
 __all__ = ["ImageSet", "load_image_set"]
 
@@ -21,13 +21,14 @@ __all__ = ["ImageSet", "load_image_set"]
 class ImageSet:
     """The ground-truth images of a benchmark: ids (file stems), loaded lazily, optional labels."""
 
-    def __init__(self, ids, shape, paths=None, tensors=None, labels=None, resize=False, source=""):
+    def __init__(self, ids, shape, paths=None, tensors=None, labels=None, resize=False, source="", convert=False):
         self.ids = list(ids)
         self.shape = tuple(shape)
         self.paths = paths
         self.tensors = tensors
         self.labels = labels
         self.resize = resize
+        self.convert = convert
         self.source = source
 
     def __len__(self) -> int:
@@ -37,7 +38,8 @@ class ImageSet:
         """(B, C, H, W) in [0, 1] for the images at ``indices``."""
         if self.tensors is not None:
             return self.tensors[list(indices)].clone()
-        return torch.stack([load_image(self.paths[i], self.shape, resize=self.resize) for i in indices])
+        return torch.stack([load_image(self.paths[i], self.shape, resize=self.resize, convert=self.convert)
+                            for i in indices])
 
     def fingerprints(self) -> dict:
         """{id: 16 hex digits of sha256} of each file's bytes (of the tensor for in-memory sets)."""
@@ -64,12 +66,13 @@ def _folder_labels(folder: Path) -> dict | None:
         return None
 
 
-def load_image_set(data, shape, resize: bool = False, limit: int | None = None) -> ImageSet:
+def load_image_set(data, shape, resize: bool = False, limit: int | None = None, convert: bool = False) -> ImageSet:
     """The images of ``--data``: a folder of images (sorted by file name; id = file stem), or
     ``heldout`` (the 20 held-out MNIST digits shipped with cmidps, with labels; 1x32x32 models only).
 
-    Sizes are checked up front (file headers only): a mismatched size is an :class:`ImageError`
-    naming the file unless ``resize``.
+    Sizes and channels are checked up front (file headers only): a mismatched size is an
+    :class:`ImageError` naming the file unless ``resize``, mismatched channels unless ``convert``
+    (``--to-gray`` / ``--to-rgb``).
     """
     shape = tuple(shape)
     if len(shape) != 3:
@@ -105,9 +108,10 @@ def load_image_set(data, shape, resize: bool = False, limit: int | None = None) 
     for p in files:
         try:
             with Image.open(p) as im:
-                size = im.size
+                size, mode = im.size, im.mode
         except Exception as exc:  # PIL raises many kinds
             raise ImageError(f"cannot read {p} as an image: {exc}") from exc
+        check_channels(p, mode, c, convert)
         if size != (w, h) and not resize:
             raise ImageError(f"{p} is {size[0]}x{size[1]}, the model needs {w}x{h}; "
                              f"pass --resize to resize it (centre crop + bicubic)")
@@ -115,4 +119,5 @@ def load_image_set(data, shape, resize: bool = False, limit: int | None = None) 
     lab = None
     if labels is not None and all(p.stem in labels for p in files):
         lab = torch.tensor([labels[p.stem] for p in files], dtype=torch.int64)
-    return ImageSet([p.stem for p in files], shape, paths=files, labels=lab, resize=resize, source=str(folder.resolve()))
+    return ImageSet([p.stem for p in files], shape, paths=files, labels=lab, resize=resize,
+                    source=str(folder.resolve()), convert=convert)

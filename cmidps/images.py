@@ -17,11 +17,30 @@ class ImageError(InputError):
     """An input image (or image set) that does not fit the model."""
 
 
-def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = False) -> torch.Tensor:
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def file_channels(mode: str) -> int:
+    """1 for a greyscale PIL mode, 3 for the others (RGB, RGBA, palette, CMYK, ...)."""
+    return 1 if mode in GRAY_MODES else 3
+
+
+def check_channels(path, mode: str, c: int, convert: bool) -> None:
+    """An :class:`ImageError` if a file of PIL ``mode`` does not have the model's ``c`` channels and
+    ``convert`` (``--to-gray`` / ``--to-rgb``) was not asked for."""
+    have = file_channels(mode)
+    if have != c and not convert:
+        flag, kind = ("--to-gray", "grayscale") if c == 1 else ("--to-rgb", "RGB")
+        raise ImageError(f"{path} has {have} channels ({mode}), the model takes {c} ({kind}): "
+                         f"pass {flag} to convert it")
+
+
+def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = False,
+               convert: bool = False) -> torch.Tensor:
     """Read an image as a (C, H, W) float tensor in [0, 1].
 
-    With ``shape = (C, H, W)``, the channels are converted (RGB <-> grayscale) and the size must
-    match; with ``resize=True`` a mismatched size is resized (bicubic, centre crop to the aspect).
+    With ``shape = (C, H, W)`` the channels must match (grayscale or RGB) unless ``convert``, and
+    the size must match unless ``resize`` (bicubic, centre crop to the aspect).
     """
     path = Path(path)
     if not path.is_file():
@@ -35,6 +54,7 @@ def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = F
         c, h, w = shape
         if c not in (1, 3):
             raise ImageError(f"models with {c} channels are not supported for image files")
+        check_channels(path, img.mode, c, convert)
         img = img.convert("L" if c == 1 else "RGB")
         if img.size != (w, h):
             if not resize:
@@ -70,8 +90,11 @@ def save_image(x: torch.Tensor, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    to_pil(x).save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    tmp.replace(path)
+    try:
+        to_pil(x).save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing left behind on a failure
 
 
 def image_grid(rows: list[list[torch.Tensor]], row_labels: list[str] | None = None,

@@ -4,8 +4,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from .cli_options import (add_cmi_arguments, add_kernel_arguments, add_measurement_arguments, check_sampling_options,
-                          cmi_config, kernel_option, preset_steps, step_params)
+from .cli_options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_kernel_arguments,
+                          add_measurement_arguments, check_output_file, check_sampling_options, cmi_config,
+                          convert_option, kernel_option, preset_steps, resolve_device, step_params)
 
 
 def run(args) -> int:
@@ -14,14 +15,18 @@ def run(args) -> int:
     from .models.loading import load_prior
     from .restore import PresetStepsWarning, measure, measurement_image, parse_method, restore
 
-    check_sampling_options(args)
+    check_sampling_options(args)  # every check before the model loads, and all before sampling
+    check_output_file(args.out, "--out")
+    check_output_file(args.grid, "--grid")
+    device = resolve_device(args.device)
     kernel = kernel_option(args, args.task)
     base, use_cmi = parse_method(args.method)
     method = f"cmi+{base}" if (use_cmi or args.cmi) else base
-    prior = load_prior(args.model, device=args.device, model_config=args.model_config)
+    prior = load_prior(args.model, device=device, model_config=args.model_config)
     if len(prior.shape) != 3:
         raise ValueError(f"model {args.model!r} is not an image model")
-    x = load_image(args.image, tuple(prior.shape), resize=args.resize)[None].to(args.device)
+    x = load_image(args.image, tuple(prior.shape), resize=args.resize,
+                   convert=convert_option(args, prior.shape[0]))[None].to(device)
     params = step_params(args)
     op, y = measure(x, args.task, seed=args.seed, sigma_y=args.sigma_y, preset=args.preset, kernel=kernel)
     steps = preset_steps(args, prior.shape)  # the notice, once, if --steps differs from the preset's
@@ -35,7 +40,11 @@ def run(args) -> int:
         grid = image_grid([[x[0], measurement_image(op, y, prior.shape)[0], out[0]]],
                           col_labels=["truth", "measurement", method], scale=max(1, 128 // prior.shape[-1]))
         Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-        grid.save(args.grid)
+        try:
+            grid.save(args.grid)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--grid {args.grid!r}: could not write it ({exc}); the restoration is in {args.out}") \
+                from None
         print(f"wrote {args.grid}")
     return 0
 
@@ -61,9 +70,10 @@ def register(sub) -> None:
     add_measurement_arguments(p)
     add_kernel_arguments(p)
     p.add_argument("--resize", action="store_true", help="resize an image of the wrong size")
-    p.add_argument("--device", default="cpu")
+    add_convert_arguments(p)
+    add_device_argument(p)
     p.add_argument("--out", required=True, help="output PNG of the restoration")
     p.add_argument("--grid", default=None, help="also write a truth | measurement | restoration PNG here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cmi_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted="interrupted: restore writes its image only when done, so nothing was written")

@@ -34,7 +34,12 @@ def files(tmp_path_factory):
 
 @pytest.fixture
 def no_sampling(monkeypatch):
-    """Fail the test if sampling starts: these errors must come before it."""
+    """Fail the test if sampling starts: these errors must come before it. Every command module is
+    imported first, so none binds the stand-in by ``from .sampling import sample``."""
+    from cmidps.cli import build_parser
+
+    build_parser()
+
     def refuse(*a, **k):
         raise AssertionError("sampling started before the bad input was reported")
 

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import torch
 
-from ..cli_options import (add_cmi_arguments, add_measurement_arguments, check_sampling_options, cmi_config,
-                           preset_steps, run_command, step_params)
+from ..cli_options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_measurement_arguments,
+                           check_sampling_options, cmi_config, convert_option, preset_steps, resolve_device,
+                           run_command, step_params)
 from ..errors import InputError
 from ..image_sets import ImageSet, load_image_set
 from ..images import save_image
@@ -138,6 +139,7 @@ def _settings(args, prior, images: ImageSet) -> dict:
         "params": step_params(args),
         "cmi": {k: getattr(cmi, k) for k in ("eta", "estimator", "probes", "kinv", "cg_iters", "eta_schedule")},
         "resize": bool(args.resize),
+        "convert": convert_option(args, prior.shape[0]),
         "dtype": args.dtype,
         "data": "heldout" if images.source == "heldout" else "folder",
     }
@@ -215,7 +217,8 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
                    help=f"comma-separated from {', '.join(METRIC_CHOICES)} (psnr and ssim are always "
                         f"computed; default psnr,ssim,lpips,fid,kid, plus digits for --data heldout)")
     add_measurement_arguments(p)
-    p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK), cuda:N")
+    add_convert_arguments(p)
+    add_device_argument(p, " (under torchrun, cuda is cuda:LOCAL_RANK)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="compute precision (float64: results identical across batch sizes and shardings to ~1e-12, "
                         "slow; for checks)")
@@ -227,7 +230,7 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
                    help="run no jobs; merge the results files and write the tables from what is done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cmi_arguments(p)
-    p.set_defaults(func=run_images)
+    p.set_defaults(func=run_images, interrupted="interrupted (a bench run resumes where it stopped: rerun the same command)")
     return p
 
 
@@ -240,7 +243,7 @@ def run_images(args, on_job=None) -> int:
     (:func:`cmidps.bench.store.lock_folder`: a second run on it refuses) and its ``config.json``
     checked."""
     tasks, methods, seeds, names = _check_options(args)
-    dist = Dist(args.shard, args.device)
+    dist = Dist(args.shard, resolve_device(args.device))
     try:
         prior, plan, names = _prepare(args, dist, tasks, methods, seeds, names)
         with contextlib.ExitStack() as held:
@@ -281,7 +284,8 @@ def _prepare(args, dist: Dist, tasks, methods, seeds, names):
     if not 1 <= args.steps <= prior.schedule.num_train_steps:
         raise BenchError(f"--steps {args.steps}: the model's schedule has {prior.schedule.num_train_steps} "
                          f"steps; choose 1..{prior.schedule.num_train_steps}")
-    images = load_image_set(args.data, prior.shape, resize=args.resize, limit=args.limit)
+    images = load_image_set(args.data, prior.shape, resize=args.resize, limit=args.limit,
+                            convert=convert_option(args, prior.shape[0]))
     if names is None:
         names = ["psnr", "ssim", "lpips", "fid", "kid"] + (["digits"] if images.labels is not None
                                                            and tuple(prior.shape) == (1, 32, 32) else [])
