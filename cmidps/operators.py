@@ -698,14 +698,14 @@ def make_operator(
         op = SuperResolution(shape, **params)
     else:
         padding = params.pop("padding", "circular")
-        kernel = params.pop("kernel", "sampled")
+        kernel = params.pop("kernel", None)  # a tensor (used as given), or how to build the Gaussian
         size = params.pop("kernel_size")
-        if isinstance(kernel, str) and task == "deblur_gauss":
+        if task == "deblur_gauss" and (kernel is None or isinstance(kernel, str)):
             make = {"sampled": gaussian_kernel, "gaussian_filter": gaussian_filter_kernel}
-            if kernel not in make:
+            if (kernel or "sampled") not in make:
                 raise ValueError(f"unknown Gaussian kernel {kernel!r}; choose from {', '.join(make)}")
-            kernel = make[kernel](size, params["std"])
-        elif isinstance(kernel, str):
+            kernel = make[kernel or "sampled"](size, params["std"])
+        elif kernel is None:
             kernel = motion_kernel(size, params["intensity"], generator)
         op = blur_operator(shape, kernel, padding, **params)
     op.preset = get_preset(preset, shape).name
