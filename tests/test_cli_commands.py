@@ -4,15 +4,10 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from cmidps.cli import build_parser, main
 from cmidps.data import HELDOUT_DIR
-from cmidps.models.loading import save_network
-from cmidps.models.unet import create_model
 
-TINY = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
-            num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
 TRAIN_TINY = ["--num-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1", "--attention-resolutions", "16",
               "--num-heads", "2", "--num-head-channels", "-1"]
 
@@ -26,14 +21,6 @@ def _commands(parser=None, prefix=()) -> set:
             for name, sub in action.choices.items():
                 found |= _commands(sub, (*prefix, name)) or {(*prefix, name)}
     return found
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny")
-    save_network(folder, create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
-    return folder
 
 
 def _argv(command, tmp, model):

@@ -8,29 +8,9 @@ import torch
 from PIL import Image
 
 from cmidps.cli import main
-from cmidps.models.loading import load_prior, save_network
-from cmidps.models.unet import create_model
+from cmidps.models.loading import load_prior
 from cmidps.restore import measure, parse_method, restore
 
-TINY = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
-            num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny")
-    save_network(folder, create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def digit_png(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "digit.png"
-    arr = np.zeros((16, 16), np.uint8)
-    arr[3:13, 7:9] = 255
-    Image.fromarray(arr, "L").save(path)
-    return path
 
 
 def test_parse_method():
