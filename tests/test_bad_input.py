@@ -3,30 +3,23 @@ no traceback, nothing written."""
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
 
 import random
+import shutil
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import cmidps.sampling as sampling
 from cmidps.cli import main
-from cmidps.models.loading import ASSETS_DIR, save_network
-from cmidps.models.unet import create_model
-
-TINY = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
-            num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
-
+from cmidps.models.loading import ASSETS_DIR
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    torch.manual_seed(0)
+def files(tmp_path_factory, tiny_model, digit_png):
+    """The shared tiny model and digit (tests/conftest.py), an RGB copy, random bytes, a plain file."""
     root = tmp_path_factory.mktemp("inputs")
-    save_network(root / "tiny", create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
-    arr = np.zeros((16, 16), np.uint8)
-    arr[3:13, 7:9] = 255
-    Image.fromarray(arr, "L").save(root / "digit.png")
-    Image.fromarray(np.stack([arr] * 3, -1), "RGB").save(root / "rgb.png")
+    shutil.copytree(tiny_model, root / "tiny")
+    shutil.copy(digit_png, root / "digit.png")
+    Image.open(digit_png).convert("RGB").save(root / "rgb.png")
     (root / "random.pt").write_bytes(b"\x00" + random.Random(0).randbytes(2048))
     (root / "a_file").write_text("not a folder")
     return root

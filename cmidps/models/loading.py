@@ -90,7 +90,7 @@ def _read_torch_state_dict(path: Path, device, safetensors_ok: bool = False) -> 
         obj = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # zip/pickle errors come in many types
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "unsupported global" in str(err).lower() or "unsupported operand" in str(err).lower():
+        if "unsupported global" in str(err).lower():
             raise CheckpointError(
                 f"{str(path)!r} holds Python objects besides tensors and cannot be loaded safely "
                 f"(weights_only=True). Save a plain state_dict: torch.save(model.state_dict(), path). "
