@@ -10,7 +10,7 @@ import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 import argparse
 import sys
 
-from .cli_options import run_command
+from .commands.options import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmidps", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cmidps {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import demo, restore_command, train
+    from .commands import demo, restore as restore_command
+    from .training import train
 
     restore_command.register(sub)
     demo.register(sub)

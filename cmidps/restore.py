@@ -20,11 +20,11 @@ import warnings
 import torch
 
 from .cmi import CMIConfig
-from .drivers import DRIVERS
+from .methods.drivers import DRIVERS
 from .operators import MaskOperator, TASKS, make_operator
 from .presets import get_preset
 from .prior import from_model, to_model
-from .samplers import RULES, make_rule
+from .methods.samplers import RULES, make_rule
 from .sampling import randn, sample
 
 BLUR_TASKS = ("deblur_gauss", "deblur_motion")  # the tasks whose kernel measure(kernel=) replaces

@@ -1,16 +1,16 @@
 """Statistics of a family of motion-blur kernels: median [IQR] over seeded kernels (issue 9).
 
-    .venv/bin/python scripts/kernel_stats.py                       # cmidps.motion, seeds 0..299
+    .venv/bin/python scripts/kernel_stats.py                       # cmidps.operators.motion, seeds 0..299
     .venv/bin/python scripts/kernel_stats.py --module OLD.py       # motion_kernel() of another file
     .venv/bin/python scripts/kernel_stats.py --reference PATH/motionblur.py   # the original generator
 
-The statistics (:func:`cmidps.motion.kernel_statistics`), for ``--size`` 61 and ``--intensity`` 0.5:
+The statistics (:func:`cmidps.operators.motion.kernel_statistics`), for ``--size`` 61 and ``--intensity`` 0.5:
 elongation = sqrt(lambda_max / lambda_min) of the kernel's second central moment; extent =
 max(height, width) of the bounding box of the pixels above 5% of the maximum; near-zero = share of the
 256x256 DFT of the zero-padded kernel with |K^| < 1e-3 max |K^|.
 
 ``--module FILE`` loads ``motion_kernel(kernel_size, intensity, generator)`` from a Python file, e.g.
-the generator before issue 9: ``git show 82f1983:cmidps/motion.py > /tmp/motion_before.py``. Kernel
+the generator before issue 9: ``git show 82f1983:cmidps/operators/motion.py > /tmp/motion_before.py``. Kernel
 ``s`` is drawn from ``torch.Generator().manual_seed(s)``.
 
 ``--reference FILE`` runs the ``Kernel`` class of LeviBorodenko/motionblur's ``motionblur.py`` (not part of
@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cmidps.motion import kernel_statistics  # noqa: E402
+from cmidps.operators.motion import kernel_statistics  # noqa: E402
 
 NAMES = {"elongation": "elongation", "extent": "extent (px)", "near_zero": "near-zero share (%)"}
 
@@ -54,7 +54,7 @@ def kernels(args):
         return
     make = _load(args.module).motion_kernel if args.module else None
     if make is None:
-        from cmidps.motion import motion_kernel as make
+        from cmidps.operators.motion import motion_kernel as make
     for s in range(args.first_seed, args.first_seed + args.count):
         yield make(args.size, args.intensity, torch.Generator().manual_seed(s))
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the quartiles here")
     args = p.parse_args(argv)
     summary = summarise([kernel_statistics(k) for k in kernels(args)])
-    source = args.reference or args.module or "cmidps.motion"
+    source = args.reference or args.module or "cmidps.operators.motion"
     print(f"{source}: {args.count} kernels {args.size}x{args.size}, intensity {args.intensity}, "
           f"seeds {args.first_seed}..{args.first_seed + args.count - 1}; median [IQR]")
     for name, (lo, med, hi) in summary.items():

@@ -20,7 +20,7 @@ import torch
 from cmidps.data import load_heldout, load_mnist
 from cmidps.metrics import psnr
 from cmidps.models.loading import load_prior
-from cmidps.nonlinear import PhaseRetrieval
+from cmidps.operators.nonlinear import PhaseRetrieval
 from cmidps.prior import from_model, to_model
 from cmidps.restore import SIGMA_Y, generator, restore
 from cmidps.sampling import randn

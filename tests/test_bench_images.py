@@ -14,7 +14,7 @@ from PIL import Image
 
 import cmidps.bench.images as bench
 from cmidps.bench.images import BenchError, add_images_parser, load_image_set, run_images
-from cmidps.images import ImageError
+from cmidps.data.images import ImageError
 from cmidps.models.loading import save_network
 from cmidps.models.unet import create_model
 

@@ -29,7 +29,7 @@ def test_dps_beats_the_pseudo_inverse_on_held_out_digits(prior, task):
 
 def test_bundled_prior_samples_look_like_its_data(prior):
     """Unconditional samples: mostly dark background, like MNIST (about 80% of pixels near 0)."""
-    from cmidps.samplers import make_rule
+    from cmidps.methods.samplers import make_rule
     from cmidps.sampling import sample
 
     op, y = measure(torch.zeros(1, 1, 32, 32), "sr4", seed=0)

@@ -232,7 +232,7 @@ def test_bf16_network_keeps_the_cmi_estimator_variance():
 
 
 def test_sample_with_bf16_network_runs_and_stays_close():
-    from cmidps.samplers import make_rule
+    from cmidps.methods.samplers import make_rule
     from cmidps.sampling import sample
 
     prior, op = _bf16_problem()

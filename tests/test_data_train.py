@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmidps import data
+from cmidps.data import mnist as data
 from cmidps.diffusion import Schedule
 
 ASSET = Path(cmidps.__file__).resolve().parent / "assets" / "mnist32"
@@ -80,7 +80,7 @@ TINY = ["--num-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1",
 
 
 def _train(out, *extra):
-    from cmidps.train import main
+    from cmidps.training.train import main
 
     argv = ["train", "--data", "heldout", "--out", str(out), "--batch", "4", "--lr", "1e-3", "--warmup", "0",
             "--log-every", "1", "--eval-every", "2", "--ckpt-every", "2", "--seed", "3", "--no-progress", *TINY,
@@ -125,7 +125,7 @@ def test_time_limit_stops_and_logs_the_last_step(tmp_path):
 
 
 def test_register_cli():
-    from cmidps.train import register, run
+    from cmidps.training.train import register, run
 
     ap = argparse.ArgumentParser()
     register(ap.add_subparsers(dest="command"))
@@ -137,7 +137,7 @@ def test_register_cli():
 def test_sampler_and_figures(tmp_path):
     from cmidps.models.unet import create_model
     from cmidps.prior import NetworkPrior
-    from cmidps.train_figures import plot_loss_curve, sample_unconditional, save_image_grid
+    from cmidps.training.figures import plot_loss_curve, sample_unconditional, save_image_grid
 
     torch.manual_seed(0)
     net = create_model(image_size=32, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="",

@@ -47,8 +47,8 @@ def test_nobody_imports_the_entry_point():
 
 def test_the_import_walk_sees_relative_imports():
     mods = _modules()
-    assert "cmidps.cli_options" in _imports("cmidps.cli", mods["cmidps.cli"])
-    assert "cmidps.cli_options" in _imports("cmidps.bench.images", mods["cmidps.bench.images"])
+    assert "cmidps.commands.options" in _imports("cmidps.cli", mods["cmidps.cli"])
+    assert "cmidps.commands.options" in _imports("cmidps.bench.images", mods["cmidps.bench.images"])
 
 
 def test_every_module_imports_alone():

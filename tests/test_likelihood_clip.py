@@ -8,7 +8,7 @@ from cmidps.cmi import CMIConfig, cmi_gradient, mutual_information, sigma_post_d
 from cmidps.diffusion import Schedule, x0_from_eps
 from cmidps.operators import DenseOperator
 from cmidps.prior import GaussianMixturePrior
-from cmidps.samplers import dps, mcg
+from cmidps.methods.samplers import dps, mcg
 from cmidps.sampling import sample
 
 D = torch.float64

@@ -1,4 +1,4 @@
-"""Tests of cmidps.motion: the camera-shake family against the reference's statistics, the random
+"""Tests of cmidps.operators.motion: the camera-shake family against the reference's statistics, the random
 draws it is made of, the statistics themselves, and kernels loaded from files."""
 import math
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmidps import motion
-from cmidps.motion import kernel_statistics, load_kernel, motion_kernel
+from cmidps.operators import motion
+from cmidps.operators.motion import kernel_statistics, load_kernel, motion_kernel
 from cmidps.operators import CircularBlur
 
 DT = torch.float64

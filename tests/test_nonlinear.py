@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from cmidps import drivers, solvers
+from cmidps.methods import drivers, solvers
 from cmidps.cmi import CMIConfig, cmi_gradient, mutual_information, sigma_post_dense
 from cmidps.diffusion import Schedule, x0_from_eps
-from cmidps.nonlinear import HighDynamicRange, NonlinearOperator, PhaseRetrieval, make_nonlinear_operator
+from cmidps.operators.nonlinear import HighDynamicRange, NonlinearOperator, PhaseRetrieval, make_nonlinear_operator
 from cmidps.operators import DenseOperator
 from cmidps.prior import GaussianMixturePrior, NetworkPrior
-from cmidps.samplers import dps, mcg, pigdm
+from cmidps.methods.samplers import dps, mcg, pigdm
 from cmidps.sampling import sample
 
 D = torch.float64

@@ -1,4 +1,4 @@
-"""Tests of cmidps.operators and cmidps.motion: adjoints, pseudo-inverses, K-solves, presets."""
+"""Tests of cmidps.operators and cmidps.operators.motion: adjoints, pseudo-inverses, K-solves, presets."""
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cmidps.motion import motion_kernel
+from cmidps.operators.motion import motion_kernel
 from cmidps.operators import (
     PRESETS,
     TASK_DESCRIPTIONS,

@@ -25,7 +25,7 @@ from cmidps.models import create_model
 from cmidps.operators import MaskOperator, RandomInpainting, ReflectBlur, make_operator
 from cmidps.prior import NetworkPrior, to_model
 from cmidps.restore import measure
-from cmidps.samplers import make_rule, mcg_project
+from cmidps.methods.samplers import make_rule, mcg_project
 from cmidps.sampling import sample
 
 D = torch.float64

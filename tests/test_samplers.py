@@ -11,7 +11,7 @@ from cmidps.cmi import CMIConfig
 from cmidps.diffusion import Schedule
 from cmidps.operators import DenseOperator
 from cmidps.prior import GaussianMixturePrior
-from cmidps.samplers import RULES, make_rule, mcg_project, pigdm, pigdm_guidance
+from cmidps.methods.samplers import RULES, make_rule, mcg_project, pigdm, pigdm_guidance
 from cmidps.sampling import SamplingDiverged, sample
 
 D = torch.float64

@@ -8,7 +8,7 @@ import torch
 from cmidps.cmi import CMIConfig
 from cmidps.operators import DenseOperator
 from cmidps.prior import GaussianMixturePrior
-from cmidps.samplers import make_rule
+from cmidps.methods.samplers import make_rule
 from cmidps.sampling import SamplingDiverged, sample
 
 D = torch.float64

@@ -7,7 +7,7 @@ from functools import partial
 import pytest
 import torch
 
-from cmidps import solvers
+from cmidps.methods import solvers
 from cmidps.cmi import CMIConfig
 from cmidps.diffusion import Schedule
 from cmidps.operators import DenseOperator, RandomInpainting
@@ -239,7 +239,7 @@ def test_solvers_work_on_image_operators_in_float32():
 
 
 # --- DAPS and RED-diff (drivers) --------------------------------------------------------------------
-from cmidps import drivers  # noqa: E402
+from cmidps.methods import drivers  # noqa: E402
 
 
 def _run_driver(fn, flip=False, **kw):

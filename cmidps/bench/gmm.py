@@ -31,8 +31,8 @@ import torch
 from ..cmi import CMIConfig, ESTIMATORS, ETA_SCHEDULES, KINV
 from ..operators import DenseOperator
 from ..prior import GaussianMixturePrior
-from ..drivers import DRIVERS, DRIVER_STEP_PARAM
-from ..samplers import STEP_PARAM, make_rule
+from ..methods.drivers import DRIVERS, DRIVER_STEP_PARAM
+from ..methods.samplers import STEP_PARAM, make_rule
 from ..sampling import SamplingDiverged, sample
 
 DTYPE = torch.float64

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import torch
 
-from ..cli_options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_measurement_arguments,
+from ..commands.options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_measurement_arguments,
                            check_sampling_options, cmi_config, convert_option, preset_steps, resolve_device,
                            run_command, step_params)
 from ..errors import InputError
-from ..image_sets import ImageSet, load_image_set
-from ..images import save_image
+from ..data.image_sets import ImageSet, load_image_set
+from ..data.images import save_image
 from ..operators import TASKS
 from ..restore import PresetStepsWarning, measure, measurement_image, parse_method, restore
 from .report import SET_METRICS_FILE, write_image_report

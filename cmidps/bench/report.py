@@ -293,7 +293,7 @@ def write_image_report(plan, results: dict, notes, measurement, device) -> str:
 def _png_batches(plan, task, method, seed, device, size: int = 50):
     import torch
 
-    from ..images import load_image
+    from ..data.images import load_image
 
     ids = plan.images.ids
     for start in range(0, len(ids), size):
@@ -311,7 +311,7 @@ def write_grid(plan, seed, measurement) -> None:
     a job not done yet shows as grey."""
     import torch
 
-    from ..images import image_grid, load_image
+    from ..data.images import image_grid, load_image
 
     images = plan.images
     x, image = images.get([0]), images.ids[0]

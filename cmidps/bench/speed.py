@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from ..cmi import CMIConfig
-from ..drivers import DRIVERS
+from ..methods.drivers import DRIVERS
 from ..restore import measure, parse_method
-from ..samplers import make_rule
+from ..methods.samplers import make_rule
 from ..sampling import sample
 
 DEFAULT_METHODS = ("dps", "pigdm", "mcg", "dsg")

@@ -29,9 +29,9 @@ from pathlib import Path
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 import torch
 
-from .diffusion import Schedule
-from .prior import to_model
-from .train_files import atomic_write_text, csv_value, save_weights, write_loss_csv
+from ..diffusion import Schedule
+from ..prior import to_model
+from .files import atomic_write_text, csv_value, save_weights, write_loss_csv
 
 SCHEDULE = {"num_train_steps": 1000, "beta_start": 0.0001, "beta_end": 0.02}
 
@@ -61,7 +61,7 @@ def model_kwargs_from_args(args) -> dict:
 
 
 def build_model(kwargs: dict) -> torch.nn.Module:
-    from .models.unet import create_model
+    from ..models.unet import create_model
 
     return create_model(**kwargs)
 
@@ -74,7 +74,7 @@ def count_params(net: torch.nn.Module) -> int:
 
 def load_training_data(name: str, root=None):
     """``(train_images, heldout_images, data_info)``, images in [0, 1], (N, 1, 32, 32)."""
-    from . import data
+    from ..data import mnist as data
 
     if name == "mnist":
         x_tr, _ = data.load_mnist("train", root=root)

@@ -12,9 +12,9 @@ from pathlib import Path
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 import torch
 
-from .diffusion import x0_from_eps
-from .prior import from_model
-from .train_files import load_trained_prior, read_loss_csv
+from ..diffusion import x0_from_eps
+from ..prior import from_model
+from .files import load_trained_prior, read_loss_csv
 
 
 @torch.no_grad()

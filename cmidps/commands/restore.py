@@ -4,16 +4,16 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from .cli_options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_kernel_arguments,
+from .options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_kernel_arguments,
                           add_measurement_arguments, check_output_file, check_sampling_options, cmi_config,
                           convert_option, kernel_option, preset_steps, resolve_device, step_params)
 
 
 def run(args) -> int:
     """Measure ``--image`` with ``--task`` (seeded), restore it with ``--method``, write ``--out`` (and ``--grid``)."""
-    from .images import image_grid, load_image, save_image
-    from .models.loading import load_prior
-    from .restore import PresetStepsWarning, measure, measurement_image, parse_method, restore
+    from ..data.images import image_grid, load_image, save_image
+    from ..models.loading import load_prior
+    from ..restore import PresetStepsWarning, measure, measurement_image, parse_method, restore
 
     check_sampling_options(args)  # every check before the model loads, and all before sampling
     check_output_file(args.out, "--out")
@@ -51,7 +51,7 @@ def run(args) -> int:
 
 def register(sub) -> None:
     """Add ``restore`` to the ``cmidps`` subparsers (``func=run``)."""
-    from .operators import TASKS
+    from ..operators import TASKS
 
     p = sub.add_parser("restore", help="restore one image (inpainting, deblurring, super-resolution)",
                        description="Measure IMAGE with TASK (seeded), then restore it with METHOD.")

@@ -38,9 +38,9 @@ import weakref
 
 import torch
 
-from .cmi import make_kinv
-from .operators import CircularBlur, DenseOperator, MaskOperator, SeparableOperator
-from .sampling import StepState
+from ..cmi import make_kinv
+from ..operators import CircularBlur, DenseOperator, MaskOperator, SeparableOperator
+from ..sampling import StepState
 
 
 def require_linear(op, method: str) -> None:

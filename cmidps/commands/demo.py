@@ -13,20 +13,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .cli_options import (add_cmi_arguments, add_device_argument, check_output_folder, check_sampling_options,
+from .options import (add_cmi_arguments, add_device_argument, check_output_folder, check_sampling_options,
                           cmi_config, resolve_device)
-from .operators import TASKS
+from ..operators import TASKS
 
 
 def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int = 4, steps: int = 100,
              seed: int = 0, tasks=TASKS, methods=("dps", "cmi+dps"), cmi=None, progress: bool = True,
              device: str = "cpu") -> dict:
-    from .data import load_heldout
-    from .images import image_grid
-    from .metrics import psnr, ssim
-    from .models.loading import load_prior
-    from .prior import from_model
-    from .restore import measure, measurement_image, restore
+    from ..data.mnist import load_heldout
+    from ..data.images import image_grid
+    from ..metrics import psnr, ssim
+    from ..models.loading import load_prior
+    from ..prior import from_model
+    from ..restore import measure, measurement_image, restore
 
     out = Path(out_dir)
     prior = load_prior(model, device=device)

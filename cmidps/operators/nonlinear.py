@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .operators import LinearOperator
+from .base import LinearOperator
 
 Tensor = torch.Tensor
 

@@ -78,7 +78,7 @@ def load_image_set(data, shape, resize: bool = False, limit: int | None = None, 
     if len(shape) != 3:
         raise ImageError(f"the model makes samples of shape {shape}, not images (C, H, W)")
     if str(data) == "heldout":
-        from .data import HELDOUT_DIR, load_heldout
+        from .mnist import HELDOUT_DIR, load_heldout
 
         if shape != (1, 32, 32):
             raise ImageError(f"--data heldout is the bundled MNIST held-out set (1x32x32 digits), but the model "

@@ -59,8 +59,8 @@ def load_trained_prior(model_dir):
     ``config.json``), strict key match."""
     from safetensors.torch import load_file
 
-    from .models.unet import create_model
-    from .prior import NetworkPrior
+    from ..models.unet import create_model
+    from ..prior import NetworkPrior
 
     d = Path(model_dir)
     cfg = json.loads((d / "config.json").read_text())

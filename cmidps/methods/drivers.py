@@ -22,9 +22,9 @@ import math
 
 import torch
 
-from .diffusion import Schedule, x0_from_eps
-from .linalg import bview
-from .sampling import SamplingDiverged, randn
+from ..diffusion import Schedule, x0_from_eps
+from ..linalg import bview
+from ..sampling import SamplingDiverged, randn
 
 
 def _data_fit(op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,8 @@ from typing import Callable
 
 import torch
 
-from .linalg import bdot, bview
-from .sampling import StepState
+from ..linalg import bdot, bview
+from ..sampling import StepState
 from .solvers import SOLVER_RULES, SOLVER_STEP_PARAM  # ddnm, ddnm_plus, diffpir, tmpd (cmidps.solvers)
 
 

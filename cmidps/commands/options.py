@@ -22,7 +22,7 @@ import sys
 
 def add_cmi_arguments(p: argparse.ArgumentParser) -> None:
     """The CMI plug-in's options, shared by every command that samples."""
-    from .cmi import ESTIMATORS, ETA_SCHEDULES, KINV
+    from ..cmi import ESTIMATORS, ETA_SCHEDULES, KINV
 
     g = p.add_argument_group("CMI plug-in (Algorithm 1, line 8); on for cmi+X methods or with --cmi")
     g.add_argument("--cmi", choices=ESTIMATORS, default=None,
@@ -38,7 +38,7 @@ def add_cmi_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmi_config(args):
     """The :class:`~cmidps.cmi.CMIConfig` of the options of :func:`add_cmi_arguments`."""
-    from .cmi import CMIConfig
+    from ..cmi import CMIConfig
 
     return CMIConfig(eta=CMIConfig.eta if args.eta is None else args.eta, estimator=args.cmi or "lowrank",
                      probes=args.probes, kinv=args.kinv, cg_iters=args.cg_iters, eta_schedule=args.eta_schedule)
@@ -46,10 +46,10 @@ def cmi_config(args):
 
 def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
     """Noise, task preset and the samplers' step sizes, shared by restore and bench images."""
-    from .restore import SIGMA_Y
+    from ..restore import SIGMA_Y
 
     p.add_argument("--sigma-y", type=float, default=SIGMA_Y, help="measurement noise std in [-1, 1]")
-    from .presets import PRESETS
+    from ..presets import PRESETS
 
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="every setting of the run: task operators, noise, steps, step sizes (docs/presets.md); "
@@ -78,8 +78,8 @@ def kernel_option(args, task: str | None = None):
         if getattr(args, "kernel_as_dps", False):
             raise ValueError("--kernel-as-dps needs --kernel FILE")
         return None
-    from .motion import load_kernel
-    from .restore import BLUR_TASKS
+    from ..operators.motion import load_kernel
+    from ..restore import BLUR_TASKS
 
     if task is not None and task not in BLUR_TASKS:
         raise ValueError(f"--kernel applies to the blur tasks ({', '.join(BLUR_TASKS)}), not to {task}")
@@ -92,7 +92,7 @@ def kernel_option(args, task: str | None = None):
 def preset_steps(args, x_shape) -> int:
     """The run's step count: ``--steps``, or the preset's (``--preset``, else by image size). When they
     differ, one notice line on stderr: the preset's step sizes were tuned for its own count."""
-    from .presets import get_preset
+    from ..presets import get_preset
 
     preset = get_preset(getattr(args, "preset", None), x_shape)
     if args.steps is None:

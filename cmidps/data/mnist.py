@@ -32,7 +32,7 @@ SRC_SIZE = 28
 IMAGE_SIZE = 32
 PAD = (IMAGE_SIZE - SRC_SIZE) // 2
 
-_PKG_DIR = Path(__file__).resolve().parent
+_PKG_DIR = Path(__file__).resolve().parent.parent  # cmidps/
 _REPO_DIR = _PKG_DIR.parent
 HELDOUT_DIR = _PKG_DIR / "assets" / "mnist32" / "heldout"
 
