@@ -3,7 +3,7 @@
 :func:`load_image_set` reads ``--data``: a folder of images (sorted by file name; id = file stem) or
 ``heldout`` (the 20 held-out MNIST digits shipped with cmidps). Images load lazily with
 :func:`cmidps.images.load_image`; a size or format problem is an :class:`~cmidps.images.ImageError`
-naming the file, found up front from the file headers.
+naming the file, found up front (every file is decoded once before any work).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .images import IMAGE_SUFFIXES, ImageError, check_channels, load_image
+from .images import IMAGE_SUFFIXES, ImageError, check_channels, check_image_file, load_image
 
 __all__ = ["ImageSet", "load_image_set"]
 
@@ -70,7 +70,7 @@ def load_image_set(data, shape, resize: bool = False, limit: int | None = None, 
     """The images of ``--data``: a folder of images (sorted by file name; id = file stem), or
     ``heldout`` (the 20 held-out MNIST digits shipped with cmidps, with labels; 1x32x32 models only).
 
-    Sizes and channels are checked up front (file headers only): a mismatched size is an
+    Sizes and channels are checked up front (every file decoded once): a mismatched size is an
     :class:`ImageError` naming the file unless ``resize``, mismatched channels unless ``convert``
     (``--to-gray`` / ``--to-rgb``).
     """
@@ -102,15 +102,9 @@ def load_image_set(data, shape, resize: bool = False, limit: int | None = None, 
         seen[p.stem] = p
     if limit is not None:
         files = files[:limit]
-    from PIL import Image
-
     c, h, w = shape
     for p in files:
-        try:
-            with Image.open(p) as im:
-                size, mode = im.size, im.mode
-        except Exception as exc:  # PIL raises many kinds
-            raise ImageError(f"cannot read {p} as an image: {exc}") from exc
+        size, mode = check_image_file(p)  # decoded in full: a truncated file fails here, before any work
         check_channels(p, mode, c, convert)
         if size != (w, h) and not resize:
             raise ImageError(f"{p} is {size[0]}x{size[1]}, the model needs {w}x{h}; "

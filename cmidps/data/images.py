@@ -35,38 +35,80 @@ def check_channels(path, mode: str, c: int, convert: bool) -> None:
                          f"pass {flag} to convert it")
 
 
-def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = False,
-               convert: bool = False) -> torch.Tensor:
-    """Read an image as a (C, H, W) float tensor in [0, 1].
-
-    With ``shape = (C, H, W)`` the channels must match (grayscale or RGB) unless ``convert``, and
-    the size must match unless ``resize`` (bicubic, centre crop to the aspect).
-    """
+def open_image(path) -> Image.Image:
+    """Open and fully decode an image file (a truncated or corrupt file is an :class:`ImageError` here,
+    not later). Images of more than 8 bits per sample are returned as mode ``"F"`` with values in
+    [0, 1]: 16-bit integers (PNG, TIFF) divided by 65535, float images (TIFF) kept as they are if every
+    value lies in [0, 1]; other value ranges (32-bit integers, floats outside [0, 1]) are refused with
+    an error naming the format."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         img = Image.open(path)
-        img.load()
+        img.load()  # decodes every pixel: a truncated file fails now
     except Exception as exc:  # PIL raises many kinds
-        raise ImageError(f"cannot read {path} as an image: {exc}") from exc
+        raise ImageError(f"cannot read {path} as an image: {exc}") from None
+    fmt = img.format or path.suffix.lstrip(".").upper()
+    if img.mode.startswith("I;16") or (img.mode == "I" and fmt == "PNG"):  # PNG holds at most 16 bits
+        arr = np.asarray(img, dtype=np.float64) / 65535.0
+        return Image.fromarray(arr.astype(np.float32), "F")
+    if img.mode == "I":
+        raise ImageError(f"{path}: 32-bit integer {fmt} images are not supported (no known value range); "
+                         f"save it as an 8- or 16-bit PNG")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{path}: a floating-point {fmt} image with non-finite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageError(f"{path}: a floating-point {fmt} image must hold values in [0, 1] (this one spans "
+                             f"{lo:.4g} .. {hi:.4g}); rescale it, or save it as an 8- or 16-bit PNG")
+        return img
+    return img
+
+
+def check_image_file(path) -> tuple[tuple[int, int], str]:
+    """Decode ``path`` fully and check its value range (:func:`open_image`); returns ``(size, mode)`` of
+    the file (mode as PIL opened it). For up-front checks: a bad file fails before any work."""
+    img = open_image(path)
+    return img.size, img.mode
+
+
+def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = False,
+               convert: bool = False) -> torch.Tensor:
+    """Read an image as a (C, H, W) float tensor in [0, 1].
+
+    With ``shape = (C, H, W)`` the channels must match (grayscale or RGB) unless ``convert``, and
+    the size must match unless ``resize`` (bicubic, centre crop to the aspect). 16-bit and float
+    images are scaled by their range (:func:`open_image`), not clipped to 8 bits.
+    """
+    path = Path(path)
+    img = open_image(path)
+    wide = img.mode == "F"  # a 16-bit or float greyscale image, already in [0, 1]
     if shape is not None:
         c, h, w = shape
         if c not in (1, 3):
             raise ImageError(f"models with {c} channels are not supported for image files")
         check_channels(path, img.mode, c, convert)
-        img = img.convert("L" if c == 1 else "RGB")
+        if not wide:
+            img = img.convert("L" if c == 1 else "RGB")
         if img.size != (w, h):
             if not resize:
                 raise ImageError(f"{path} is {img.size[0]}x{img.size[1]}, the model needs {w}x{h}; "
                                  f"pass --resize to resize it (centre crop + bicubic)")
             img = _resize_crop(img, w, h)
     else:
-        img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+        c = 1
+        img = img.convert("RGB") if img.mode not in ("L", "RGB", "F") else img
+    if wide:
+        arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)  # bicubic may overshoot a little
+        arr = np.repeat(arr[None], 3, 0) if c == 3 else arr
+    else:
+        arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[None]
-    else:
+    elif not wide:
         arr = arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
 
@@ -86,15 +128,11 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 
 
 def save_image(x: torch.Tensor, path) -> None:
-    """Save a (C, H, W) image in [0, 1]; the folder is created, the file written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        to_pil(x).save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # nothing left behind on a failure
+    """Save a (C, H, W) image in [0, 1]; the folder is created, the file written atomically in the
+    format PIL writes for the extension (:func:`cmidps.commands.outputs.save_pil`)."""
+    from ..commands.outputs import save_pil
+
+    save_pil(to_pil(x), path)
 
 
 def image_grid(rows: list[list[torch.Tensor]], row_labels: list[str] | None = None,
