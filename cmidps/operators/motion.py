@@ -261,10 +261,11 @@ def load_kernel(path, flip: bool = False) -> torch.Tensor:
     """A blur kernel from a ``.npy`` array or a greyscale ``.png``: float64, normalised to sum 1.
 
     The kernel must be 2-D (leading axes of size 1 are dropped, e.g. ``(1, 1, h, w)``) with odd
-    height and width (its centre pixel is the origin of the convolution), finite, non-negative and
-    not all zero; any other input raises ``ValueError`` saying what is wrong. ``flip=True`` rotates
-    it by 180 degrees: cmidps convolves, the DPS code correlates (``nn.Conv2d``), so a kernel given
-    as the DPS code uses it becomes the same blur in cmidps with ``flip=True``.
+    height and width (its centre pixel is the origin of the convolution), finite, non-negative,
+    not all zero and of a size whose sum float64 holds (1e308s would overflow to a kernel of zeros);
+    any other input raises ``ValueError`` saying what is wrong. ``flip=True`` rotates it by 180
+    degrees: cmidps convolves, the DPS code correlates (``nn.Conv2d``), so a kernel given as the DPS
+    code uses it becomes the same blur in cmidps with ``flip=True``.
     """
     path = Path(path)
     if not path.is_file():
@@ -299,8 +300,16 @@ def load_kernel(path, flip: bool = False) -> torch.Tensor:
         raise ValueError(f"{path}: the kernel has non-finite values")
     if arr.min() < 0:
         raise ValueError(f"{path}: the kernel has negative values (min {arr.min():.3g})")
-    total = arr.sum()
+    with np.errstate(over="ignore", under="ignore"):
+        total = arr.sum()
     if total <= 0:
         raise ValueError(f"{path}: the kernel sums to zero")
-    k = torch.from_numpy(arr / total)
+    if not np.isfinite(total):  # e.g. values of 1e308: the sum overflows and arr / inf would be all zeros
+        raise ValueError(f"{path}: the kernel's values are too large to add up in float64 (max {arr.max():.3g}); "
+                         f"scale it down (it is normalised to sum 1 anyway)")
+    k_arr = arr / total
+    if not (np.isfinite(k_arr).all() and abs(k_arr.sum() - 1.0) < 1e-6):  # a sum of denormals: arr / total overflows
+        raise ValueError(f"{path}: the kernel's values are too small to normalise in float64 (sum {total:.3g}); "
+                         f"scale it up")
+    k = torch.from_numpy(k_arr)
     return torch.flip(k, (0, 1)) if flip else k
