@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .options import (add_cmi_arguments, add_device_argument, check_output_folder, check_sampling_options,
+from .options import (add_cmi_arguments, add_device_argument, check_sampling_options,
                           cmi_config, resolve_device)
+from .outputs import check_distinct, check_output_folder, save_pil, write_text
 from ..operators import TASKS
 
 
@@ -62,11 +63,22 @@ def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int =
                          [results[(task, m)][2][j] for m in methods])
     grid = image_grid(grid_rows, row_labels=list(tasks), col_labels=["truth", "measurement", *methods], scale=4)
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no folder behind
-    grid.save(out / "grid.png")
+    save_pil(grid, out / "grid.png")  # atomic: a failure leaves the previous file or none
     report = {"model": model, "images": [int(i) for i in pick], "labels": [int(v) for v in labels],
               "steps": steps, "seed": seed, "rows": rows}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    write_text(out / "metrics.json", json.dumps(report, indent=2))
     return report
+
+
+OUTPUTS = ("grid.png", "metrics.json")
+
+
+def check_demo_out(args) -> None:
+    """Before any work: ``--out`` is a folder that can be written, empty unless ``--overwrite``, and
+    neither output file is the ``--model`` file (docs/safety.md)."""
+    out = check_output_folder(args.out, "--out", non_empty="allow" if args.overwrite else "refuse")
+    model = None if str(args.model).startswith("bundled:") else args.model
+    check_distinct({f"--out {name}": out / name for name in OUTPUTS}, {"--model": model})
 
 
 def format_table(rows) -> str:
@@ -82,7 +94,7 @@ def _run(args) -> int:
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     check_sampling_options(args)
-    check_output_folder(args.out, "--out")
+    check_demo_out(args)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     report = run_demo(args.out, args.model, args.images, args.steps, args.seed, cmi=cmi_config(args),
@@ -102,6 +114,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out (its grid.png and metrics.json are replaced)")
     add_device_argument(p)
     add_cmi_arguments(p)
     p.set_defaults(func=_run)
