@@ -1,5 +1,17 @@
-"""Shared fixtures: a tiny random ADM model folder (1x16x16) and a 16x16 digit-like PNG."""
+"""Shared fixtures: a tiny random ADM model folder (1x16x16) and a 16x16 digit-like PNG.
+
+ADM zero-initialises the last convolution of every residual branch, the attention projections and the
+output convolution (for training), so a freshly built UNet returns eps = 0 for every input and the CMI
+gradient is exactly 0. Every test network here is passed through :func:`randomize_zero_init`, which
+re-draws those layers (seeded, non-zero), so eps depends on x and t (``tests/test_fixtures.py``).
+
+``CMIDPS_COUNT_EPS=FILE``: count the ADM UNet forward passes of the run and how many of them return a
+constant output (every element equal), and write the two numbers to FILE at the end of the session.
+"""
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
+
+import json
+import os
 
 import numpy as np
 import pytest
@@ -10,15 +22,40 @@ TINY_16 = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,
                num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A cmidps model folder with random weights (seed 0) of the 1x16x16 architecture ``TINY_16``."""
-    from cmidps.models.loading import save_network
+def randomize_zero_init(net: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> torch.nn.Module:
+    """Re-draw every layer whose weight is all zero (ADM's zero-initialised convolutions), seeded:
+    weight and bias uniform in +-scale/sqrt(fan_in) (torch's default convolution range). Other
+    parameters are left as they are. Returns ``net``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            w = getattr(module, "weight", None)
+            if not isinstance(w, torch.nn.Parameter) or w.ndim < 2 or bool(w.any()):
+                continue
+            bound = scale / w[0].numel() ** 0.5
+            w.copy_((torch.rand(w.shape, generator=g, dtype=torch.float64) * 2 - 1).to(w.dtype) * bound)
+            b = getattr(module, "bias", None)
+            if isinstance(b, torch.nn.Parameter):
+                b.copy_((torch.rand(b.shape, generator=g, dtype=torch.float64) * 2 - 1).to(b.dtype) * bound)
+    return net
+
+
+def random_unet(seed: int = 0, **config) -> torch.nn.Module:
+    """``create_model(**config)`` (default ``TINY_16``) with torch seeded and the zero layers re-drawn."""
     from cmidps.models.unet import create_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
+    return randomize_zero_init(create_model(**(config or TINY_16)), seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A cmidps model folder with random weights (seed 0) of the 1x16x16 architecture ``TINY_16``,
+    zero-initialised layers re-drawn (:func:`randomize_zero_init`): eps is not constant."""
+    from cmidps.models.loading import save_network
+
     folder = tmp_path_factory.mktemp("tiny")
-    save_network(folder, create_model(**TINY_16), TINY_16, channels=1, image_size=16, learn_sigma=False)
+    save_network(folder, random_unet(0, **TINY_16), TINY_16, channels=1, image_size=16, learn_sigma=False)
     return folder
 
 
@@ -30,3 +67,35 @@ def digit_png(tmp_path_factory):
     arr[3:13, 7:9] = 255
     Image.fromarray(arr, "L").save(path)
     return path
+
+
+# --- counting constant network outputs (CMIDPS_COUNT_EPS) ------------------------------------------
+_COUNTS = {"forward": 0, "constant": 0, "by_test": {}}
+
+
+def pytest_configure(config):
+    if not os.environ.get("CMIDPS_COUNT_EPS"):
+        return
+    from cmidps.models.unet import UNetModel
+
+    original = UNetModel.forward
+
+    def counted(self, x, timesteps, *args, **kwargs):
+        out = original(self, x, timesteps, *args, **kwargs)
+        flat = out.detach().flatten()
+        constant = bool((flat == flat[0]).all()) if flat.numel() else True
+        _COUNTS["forward"] += 1
+        _COUNTS["constant"] += constant
+        if constant:
+            name = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            _COUNTS["by_test"][name] = _COUNTS["by_test"].get(name, 0) + 1
+        return out
+
+    UNetModel.forward = counted
+
+
+def pytest_unconfigure(config):
+    path = os.environ.get("CMIDPS_COUNT_EPS")
+    if path:
+        with open(path, "w") as f:
+            json.dump(_COUNTS, f, indent=1)

@@ -111,7 +111,7 @@ def test_rgb_is_converted_only_when_asked(files, tmp_path):
 
 def test_a_failed_run_leaves_no_temporary_file(files, tmp_path, capsys):
     """A run that diverges after the checks writes nothing, not even NAME.tmp."""
-    code = main(_restore(files, tmp_path / "r.png", "--zeta", "1e12"))
+    code = main(_restore(files, tmp_path / "r.png", "--zeta", "1e12", "--steps", "8"))  # blows up at step 4 of 8
     assert code == 2
     assert "--zeta" in capsys.readouterr().err
     assert _written(tmp_path) == []
