@@ -9,39 +9,35 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from ..commands.outputs import atomic_open, atomic_path, write_text
 
 CSV_FIELDS = ["step", "train_loss", "lr", "heldout_loss", "train_eval_loss", "elapsed_s"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` through ``path.tmp`` and a rename (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` through a temporary file and a rename (a reader never sees half a file; a failure
+    leaves the previous file): :func:`cmidps.commands.outputs.write_text`."""
+    write_text(path, text)
 
 
 def save_weights(net: torch.nn.Module, path: Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     sd = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 def write_loss_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
-    os.replace(tmp, path)
 
 
 def csv_value(v, nd=6):

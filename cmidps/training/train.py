@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ import torch
 
 from ..diffusion import Schedule
 from ..prior import to_model
+from ..commands.outputs import atomic_path, check_distinct, check_output_folder, folder_entries
+from ..errors import InputError
 from .files import atomic_write_text, csv_value, save_weights, write_loss_csv
 
 SCHEDULE = {"num_train_steps": 1000, "beta_start": 0.0001, "beta_end": 0.02}
@@ -137,6 +138,32 @@ class FixedEval:
 
 # --- training -------------------------------------------------------------------------------------
 
+OUTPUTS = ("checkpoint.pt", "model.safetensors", "config.json", "loss.csv")
+
+
+def check_train_out(args) -> Path:
+    """Before any work: ``--out`` is a writable folder (or can be made) that is empty, or holds a run to
+    continue (``--resume``: its ``checkpoint.pt``), or may be written over (``--overwrite``: the four
+    output files are replaced, nothing else is touched). Returns the folder."""
+    resume, overwrite = bool(getattr(args, "resume", False)), bool(getattr(args, "overwrite", False))
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out, --overwrite starts it over: pass one of them")
+    out = check_output_folder(args.out, "--out")
+    check_distinct({f"--out {name}": out / name for name in OUTPUTS},
+                   {"--data-root": getattr(args, "data_root", None)})
+    held = folder_entries(out)
+    if not held or overwrite:
+        return out
+    listed = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+    if resume and (out / "checkpoint.pt").is_file():
+        return out
+    if resume:
+        raise InputError(f"--resume: --out {str(args.out)!r} holds no checkpoint.pt of a training run (it holds "
+                         f"{listed}); give the folder of the run to continue, or a new folder")
+    raise InputError(f"--out {str(args.out)!r} is not empty (it holds {listed}); pass --resume to continue the "
+                     f"run in it, --overwrite to start over (replacing {', '.join(OUTPUTS)}), or choose a new folder")
+
+
 def _lr_at(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / warmup) if warmup > 0 else base
 
@@ -152,7 +179,7 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
 
 def train(args) -> dict:
     """Run (or resume) a training run; returns the final config dict."""
-    out = Path(args.out)
+    out = check_train_out(args)  # before any work: a folder of another run is never overwritten
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,9 +191,13 @@ def train(args) -> dict:
 
     resumed = False
     if args.resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        mk = ck["create_model"]
-        hp = ck["hparams"]
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            mk = ck["create_model"]
+            hp = ck["hparams"]
+        except Exception as exc:  # not a checkpoint of cmidps train (torch raises many kinds)
+            raise InputError(f"--resume: {ckpt_path} is not a checkpoint of cmidps train "
+                             f"({type(exc).__name__}: {exc}); use another --out") from None
         resumed = True
     else:
         if args.resume:
@@ -248,11 +279,10 @@ def train(args) -> dict:
         }
 
     def checkpoint(final: bool = False):
-        torch.save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(), "rows": rows,
-                    "step": step, "elapsed_s": elapsed(), "create_model": mk, "hparams": hp},
-                   out / "checkpoint.pt.tmp")
-        os.replace(out / "checkpoint.pt.tmp", ckpt_path)
+        with atomic_path(ckpt_path) as tmp:  # a failure or Ctrl-C leaves the previous checkpoint
+            torch.save({"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(), "rows": rows,
+                        "step": step, "elapsed_s": elapsed(), "create_model": mk, "hparams": hp}, tmp)
         cfg = config_dict(final)
         save_weights(ema, out / "model.safetensors", {"format": "cmidps-ema-fp32", "steps": step})
         atomic_write_text(out / "config.json", json.dumps(cfg, indent=1) + "\n")
@@ -344,6 +374,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=0.0,
                    help="stop (and save) after this many minutes of this invocation, even before --steps (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a non-empty --out, replacing its " + ", ".join(OUTPUTS))
     p.add_argument("--log-every", type=int, default=10, help="steps per loss.csv row")
     p.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
     p.add_argument("--eval-n", type=int, default=1000, help="images in the fixed held-out evaluation set")
