@@ -46,6 +46,9 @@ from .diffusion import StepCoefficients
 from .linalg import batched_cg
 
 ESTIMATORS = ("hutchinson", "lowrank", "exact")
+GRADS = ("autodiff", "fd", "central")
+# The difference step e = rel * |x| / |b| per sample (docs/performance.md, the error-versus-e sweep).
+FD_REL = {torch.float64: 1e-6, torch.float32: 3e-3, "central": {torch.float64: 1e-4, torch.float32: 1e-2}}
 KINV = ("isotropic", "cg")
 ETA_SCHEDULES = ("constant", "abar")
 
@@ -60,6 +63,16 @@ class CMIConfig:
     The default eta = 1e-3 was tuned for the bundled 32x32 prior (docs/demo.md): grad I grows with
     the number of measurements and with 1/sqrt(abar_t) (norms of ~1e3 at the noisiest steps there),
     so other image sizes and models need their own eta (the GMM benchmark tunes its own).
+
+    ``grad``: how the gradient of the objective ``<J^T a, b>`` (stop-gradient probes) is taken.
+    ``autodiff`` (the reference): a vector-Jacobian product with a graph and a double backward
+    through the network. ``fd``: as a Hessian-vector product by a forward difference of
+    vector-Jacobian products, ``[J(x + e b)^T a - J(x)^T a] / e``, the second term fused into the
+    sampler's own backward at x (one more forward and ordinary backward per probe; no second
+    derivatives, DPS's memory). ``central``: ``[J(x + e b)^T a - J(x - e b)^T a] / 2e`` (two more
+    passes per probe, second-order accurate; its passes run in float32 even under ``amp``).
+    ``fd_rel``: the step rule ``e = fd_rel * |x| / |b|`` per sample (None: :data:`FD_REL` by dtype).
+    ``batch_probes``: run the shifted points of all probes through the network as one batch.
     """
 
     eta: float = 1e-3
@@ -68,8 +81,15 @@ class CMIConfig:
     kinv: str = "isotropic"
     cg_iters: int = 10
     eta_schedule: str = "constant"
+    grad: str = "autodiff"
+    fd_rel: float | None = None
+    batch_probes: bool = False
 
     def __post_init__(self):
+        if self.grad not in GRADS:
+            raise ValueError(f"unknown CMI gradient {self.grad!r}; choose from {', '.join(GRADS)}")
+        if self.fd_rel is not None and not (0.0 < self.fd_rel < 1.0):
+            raise ValueError("fd_rel must be in (0, 1)")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown CMI estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.kinv not in KINV:
@@ -164,6 +184,18 @@ class ClampLinearized:
         return self.op.solve_K(v, r2, s2)
 
 
+def cmi_probes(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float, cfg: CMIConfig,
+               generator=None, clip: bool = False):
+    """The stop-gradient probe pairs ``[(a, b), ...]`` of one step and the constant ``s`` with
+    ``grad I ~ s * sum_k grad_x <J^T a_k, b_k>`` (``s = 1/2 sigma_t^2 / sqrt(abar_t) / n``)."""
+    if clip:
+        op = ClampLinearized(op, x0_hat)
+    kinv_apply = make_kinv(op, c, sigma_y, x, x0_hat, cfg.kinv, cfg.cg_iters)
+    pairs = [(a.detach(), b.detach()) for a, b in probe_pairs(cfg, op, kinv_apply, x.shape[0], x0_hat, generator)]
+    n = 1 if cfg.estimator == "exact" else cfg.probes
+    return pairs, 0.5 * c.sigma**2 / c.abar**0.5 / n
+
+
 def cmi_objective(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float,
                   cfg: CMIConfig, generator=None, clip: bool = False) -> torch.Tensor:
     """A scalar whose gradient with respect to ``x`` is the estimate of grad I(x0; y | x_t).
@@ -174,25 +206,115 @@ def cmi_objective(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op
     backward where it can. ``x0_hat`` is the unclamped Tweedie estimate; ``clip=True`` takes the CMI
     of the clamped estimate, i.e. the operator :class:`ClampLinearized` in place of ``op``.
     """
-    if clip:
-        op = ClampLinearized(op, x0_hat)
-    kinv_apply = make_kinv(op, c, sigma_y, x, x0_hat, cfg.kinv, cfg.cg_iters)
-    pairs = probe_pairs(cfg, op, kinv_apply, x.shape[0], x0_hat, generator)
+    pairs, scale = cmi_probes(x, x0_hat, c, op, sigma_y, cfg, generator, clip)
     total = 0.0
     for a, b in pairs:  # (a batched backward over probes, is_grads_batched, fails through UNets)
-        (jt_a,) = torch.autograd.grad(x0_hat, x, a.detach(), create_graph=True)
-        total = total + (jt_a * b.detach()).sum()
-    n = 1 if cfg.estimator == "exact" else cfg.probes
-    return 0.5 * c.sigma**2 / c.abar**0.5 / n * total
+        (jt_a,) = torch.autograd.grad(x0_hat, x, a, create_graph=True)
+        total = total + (jt_a * b).sum()
+    return scale * total
+
+
+def fd_steps(x: torch.Tensor, b: torch.Tensor, rel: float) -> torch.Tensor:
+    """The difference step per sample, ``e = rel * |x| / |b|`` (B,), so that ``|e b| = rel |x|``.
+
+    ``|x|`` is floored at ``1e-3 sqrt(d)`` (a zero x) and ``|b|`` at the dtype's tiny (a zero probe,
+    whose difference is zero at any e)."""
+    d = x[0].numel()
+    nx = x.detach().flatten(1).norm(dim=1).clamp_min(1e-3 * d**0.5)
+    nb = b.flatten(1).norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny)
+    return rel * nx / nb
+
+
+class DifferenceCMI:
+    """The CMI gradient of one step as a Hessian-vector product by differences of vector-Jacobian
+    products (``grad = "fd"`` or ``"central"``), without second derivatives.
+
+    With stop-gradient probes, ``grad_x <J(x)^T a, b> = H b`` for the Hessian ``H`` of
+    ``f(x) = <a, x0_hat(x)>``, i.e. the derivative of ``J(x)^T a = grad f`` along ``b``::
+
+        fd:       H b ~ [J(x + e b)^T a - J(x)^T a] / e                 (error O(e))
+        central:  H b ~ [J(x + e b)^T a - J(x - e b)^T a] / (2 e)       (error O(e^2))
+
+    The estimate is ``J(x)^T v_x + extra()``: ``v_x = -weight s sum_k a_k / e_k`` (:attr:`at_x`,
+    ``None`` for central) goes into the sampler's own backward at x; :meth:`extra` runs one forward
+    and one ordinary backward (no graph kept) per shifted point. ``x0_fn(z)`` is the unclamped Tweedie
+    estimate at a batch z of the same t (for the shifted points).
+    """
+
+    def __init__(self, x: torch.Tensor, pairs, scale: float, x0_fn, cfg: CMIConfig):
+        self.x = x.detach()
+        self.pairs = pairs
+        self.scale = float(scale)
+        self.x0_fn = x0_fn
+        self.kind = cfg.grad
+        self.batch_probes = cfg.batch_probes
+        rel = cfg.fd_rel
+        if rel is None:
+            table = FD_REL["central"] if self.kind == "central" else FD_REL
+            rel = table.get(self.x.dtype, table[torch.float32])
+        self.steps = [fd_steps(self.x, b, rel) for _, b in pairs]
+        if self.kind == "fd":
+            self.at_x = -self.scale * sum(a / _bv(e, a) for (a, _), e in zip(pairs, self.steps))
+        else:
+            self.at_x = None
+
+    def _points(self):
+        """[(point, vector)]: the shifted points and the vectors whose VJPs there are summed."""
+        out = []
+        for (a, b), e in zip(self.pairs, self.steps):
+            if self.kind == "fd":
+                out.append((self.x + _bv(e, b) * b, self.scale * a / _bv(e, a)))
+            else:
+                w = 0.5 * self.scale * a / _bv(e, a)
+                out += [(self.x + _bv(e, b) * b, w), (self.x - _bv(e, b) * b, -w)]
+        return out
+
+    def extra(self) -> torch.Tensor:
+        """sum over the shifted points z of J(z)^T v: one forward and one backward per point, or one
+        batched pair for all of them (``batch_probes``)."""
+        points = self._points()
+        groups = [points] if self.batch_probes else [[p] for p in points]
+        B = self.x.shape[0]
+        total = torch.zeros_like(self.x)
+        for group in groups:
+            with torch.enable_grad():
+                z = torch.cat([p for p, _ in group]).requires_grad_(True)
+                x0 = self.x0_fn(z)
+                (g,) = torch.autograd.grad(x0, z, torch.cat([v for _, v in group]).to(x0.dtype))
+            total = total + g.to(total.dtype).reshape(len(group), B, *self.x.shape[1:]).sum(0)
+        return total
+
+
+def _bv(e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return e.reshape(-1, *[1] * (like.ndim - 1))
+
+
+def difference_cmi(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float, cfg: CMIConfig,
+                   x0_fn, generator=None, clip: bool = False, weight: float = 1.0) -> DifferenceCMI:
+    """The :class:`DifferenceCMI` of ``weight * grad I`` at x (probes drawn as :func:`cmi_objective` draws them)."""
+    pairs, scale = cmi_probes(x, x0_hat, c, op, sigma_y, cfg, generator, clip)
+    return DifferenceCMI(x, pairs, weight * scale, x0_fn, cfg)
 
 
 def cmi_gradient(x: torch.Tensor, x0_hat: torch.Tensor, c: StepCoefficients, op, sigma_y: float,
-                 cfg: CMIConfig, generator=None, clip: bool = False) -> torch.Tensor:
+                 cfg: CMIConfig, generator=None, clip: bool = False, x0_fn=None) -> torch.Tensor:
     """grad_{x_t} I(x0; y | x_t) (Theorem 2), estimated as configured; per sample, batched.
 
     ``x0_hat`` must carry its autograd graph back to ``x``; the graph is kept for the caller.
+    ``cfg.grad`` other than ``autodiff`` needs ``x0_fn(z)``, the unclamped Tweedie estimate at a batch z
+    (the network at the same t), for the shifted points of :class:`DifferenceCMI`.
     """
-    (g,) = torch.autograd.grad(cmi_objective(x, x0_hat, c, op, sigma_y, cfg, generator, clip), x, retain_graph=True)
+    if cfg.grad == "autodiff":
+        (g,) = torch.autograd.grad(cmi_objective(x, x0_hat, c, op, sigma_y, cfg, generator, clip), x,
+                                   retain_graph=True)
+        return g
+    if x0_fn is None:
+        raise ValueError(f"the {cfg.grad!r} CMI gradient needs x0_fn, the denoiser at shifted points")
+    fd = difference_cmi(x, x0_hat, c, op, sigma_y, cfg, x0_fn, generator, clip)
+    g = fd.extra()
+    if fd.at_x is not None:
+        (g_x,) = torch.autograd.grad(x0_hat, x, fd.at_x, retain_graph=True)
+        g = g + g_x
     return g
 
 

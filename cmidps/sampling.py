@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .cmi import CMIConfig, cmi_objective
+from .cmi import CMIConfig, DifferenceCMI, cmi_objective, difference_cmi
 from .diffusion import StepCoefficients, learned_log_variance, x0_from_eps
 from .linalg import bview
 
@@ -43,6 +43,11 @@ class StepState:
     ``x_prop`` is x'_{t-1} with the CMI term added (Algorithm 1, line 8). The CMI gradient is taken
     lazily: a rule that only needs ``x_prop + w J^T v`` asks for :meth:`guided`, which gets the CMI
     double backward and the sampler's own backward in one pass.
+
+    With ``cmi_fd`` (the difference gradients, ``CMIConfig.grad`` ``fd`` / ``central``) the CMI term is
+    ``J^T v_x`` (fused into the backward at x) plus one forward and backward per shifted point
+    (:class:`~cmidps.cmi.DifferenceCMI`); :meth:`guided` then frees this step's graph in its backward
+    (one graph at a time: DPS's memory), so a rule must call it last.
     """
 
     c: StepCoefficients
@@ -58,7 +63,9 @@ class StepState:
     sigma_y: float
     cmi_objective: torch.Tensor | None = None  # eta_t * (scalar whose x-gradient is grad I)
     x0_lik: torch.Tensor | None = None  # x0_hat as the likelihood sees it (None: x0_hat)
+    cmi_fd: DifferenceCMI | None = None  # eta_t * grad I by differences (CMIConfig.grad fd / central)
     _x_prop: torch.Tensor | None = None
+    _released: bool = False
 
     def __post_init__(self):
         if self.x0_lik is None:
@@ -72,19 +79,41 @@ class StepState:
             if self.cmi_objective is not None:
                 (g,) = torch.autograd.grad(self.cmi_objective, self.x_t, retain_graph=True)
                 self._x_prop = self.x_prop_base + g.detach()
+            elif self.cmi_fd is not None:
+                self._check_graph()
+                g = self.cmi_fd.extra()
+                if self.cmi_fd.at_x is not None:
+                    (g_x,) = torch.autograd.grad(self.x0_hat, self.x_t, self.cmi_fd.at_x, retain_graph=True)
+                    g = g + g_x
+                self._x_prop = self.x_prop_base + g.detach()
         return self._x_prop
+
+    def _check_graph(self):
+        if self._released:
+            raise RuntimeError("this step's graph was freed by guided() (the difference CMI gradient frees it to "
+                               "keep one graph at a time): call vjp() / x_prop before guided()")
 
     def vjp(self, v: torch.Tensor) -> torch.Tensor:
         """J^T v with J = d x0_lik / d x_t (one backward through the network)."""
+        self._check_graph()
         (g,) = torch.autograd.grad(self.x0_lik, self.x_t, v, retain_graph=True)
         return g
 
     def guided(self, v: torch.Tensor, weight: float) -> torch.Tensor:
-        """x'_{t-1} + weight J^T v, with the CMI term, in a single backward pass."""
+        """x'_{t-1} + weight J^T v, with the CMI term, in a single backward pass through x_t's graph
+        (plus, for the difference gradients, the passes at the shifted points, after x_t's graph is freed)."""
         if self._x_prop is None and self.cmi_objective is not None:
             total = self.cmi_objective + weight * (self.x0_lik * v.detach()).sum()
             (g,) = torch.autograd.grad(total, self.x_t, retain_graph=True)
             return self.x_prop_base + g
+        if self._x_prop is None and self.cmi_fd is not None:
+            self._check_graph()
+            total = weight * (self.x0_lik * v.detach()).sum()
+            if self.cmi_fd.at_x is not None:
+                total = total + (self.x0_hat * self.cmi_fd.at_x).sum()
+            (g,) = torch.autograd.grad(total, self.x_t)  # frees x_t's graph before the shifted passes
+            self._released = True
+            return self.x_prop_base + g + self.cmi_fd.extra()
         return self.x_prop + weight * self.vjp(v)
 
     def residual(self) -> torch.Tensor:
@@ -169,6 +198,10 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
     if not torch.isfinite(y).all():
         raise ValueError("the measurement y contains non-finite values")
     cmi_active = cmi is not None and cmi.eta != 0.0
+    if cmi_active and cmi.grad == "fd" and amp is not None:
+        raise ValueError("the difference CMI gradient (--cmi-grad fd) differences J^T a at x, whose network pass runs "
+                         f"in {str(amp).replace('torch.', '')} under --amp: use --cmi-grad central (its two differenced "
+                         "passes run in float32) or autodiff, or drop --amp")
     clip_lik = bool(getattr(prior, "clip_x0", False)) if likelihood_clip is None else bool(likelihood_clip)
     guard = DivergenceGuard(prior)
     bar = tqdm(list(sched.reverse()), desc=desc, disable=not progress, leave=False)
@@ -184,15 +217,19 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
             mean, std = _proposal(x, x0_hat, eps, var_values, c, prior.clip_x0, ddim_eta)
             z = randn(x.shape, generator, dtype, x.device)
             x_prop = mean + std * z  # 3. x'_{t-1}
-            objective = None
+            objective = fd = None
             if cmi_active and cmi.eta_at(c) != 0.0:  # 4. the CMI step (its gradient is taken lazily)
                 op_c = op.linearized(x0_lik.detach()) if hasattr(op, "linearized") else op  # Gauss-Newton J_A
-                objective = cmi.eta_at(c) * cmi_objective(x, x0_hat, c, op_c, sigma_y, cmi, cmi_generator,
-                                                          clip=clip_lik)
+                if cmi.grad == "autodiff":
+                    objective = cmi.eta_at(c) * cmi_objective(x, x0_hat, c, op_c, sigma_y, cmi, cmi_generator,
+                                                              clip=clip_lik)
+                else:  # differences of VJPs: the shifted passes run in the dtype of y (float32 under amp)
+                    fd = difference_cmi(x, x0_hat, c, op_c, sigma_y, cmi, _tweedie_at(prior, c), cmi_generator,
+                                        clip=clip_lik, weight=cmi.eta_at(c))
             state = StepState(c, x, x0_hat, eps, mean, std, z, x_prop.detach(), op, y, sigma_y, objective,
-                              x0_lik)
+                              x0_lik, fd)
             x_new = rule(state).detach()  # 5. the sampler's rule
-            del state, objective, eps, x0_hat, x0_lik, var_values  # free this step's graphs before the next forward
+            del state, objective, fd, eps, x0_hat, x0_lik, var_values  # free this step's graphs before the next forward
         blown = guard.check(x_new, c)
         if blown is not None:
             where = f"at step {len(sched) - c.i} of {len(sched)} (t={c.t}) for batch element(s) {blown[1][:8]}"
@@ -200,6 +237,14 @@ def sample(prior, op, y: torch.Tensor, rule: Callable[[StepState], torch.Tensor]
             raise SamplingDiverged(f"the sample {blown[0]} {where}: lower {lower} or use more steps")
         x = x_new
     return x.detach()
+
+
+def _tweedie_at(prior, c: StepCoefficients):
+    """z -> the unclamped Tweedie estimate x0_hat(z) at step c (one network evaluation, no autocast)."""
+    def x0_fn(z: torch.Tensor) -> torch.Tensor:
+        eps, _ = prior.eps(z, c.t)
+        return x0_from_eps(z, eps.to(z.dtype), c)
+    return x0_fn
 
 
 def trajectory_ratio(x: torch.Tensor, c, radius: float) -> torch.Tensor:

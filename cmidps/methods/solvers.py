@@ -52,7 +52,7 @@ def require_linear(op, method: str) -> None:
 
 def cmi_drift(s: StepState) -> torch.Tensor:
     """The CMI step eta_t grad I(x0; y | x_t) of this step (0 without CMI), to add to x_{t-1}."""
-    if s.cmi_objective is None:
+    if s.cmi_objective is None and s.cmi_fd is None:
         return torch.zeros_like(s.x_prop_base)
     return s.x_prop - s.x_prop_base
 
