@@ -47,7 +47,9 @@ from ..operators import TASKS
 from ..restore import PresetStepsWarning, measure, measurement_image, parse_method, restore
 from .report import SET_METRICS_FILE, write_image_report
 from .runner import Dist, batches, my_jobs
-from .store import ResultWriter, check_config, lock_folder, merge_results, read_results, results_path
+from .store import (CONFIG, ResultWriter, check_config, lock_folder, merge_results, read_results, results_path,
+                    stray_outputs)
+from ..commands.outputs import check_distinct, check_output_folder
 
 __all__ = ["add_images_parser", "run_images", "main", "BenchError", "ImageSet", "load_image_set", "job_key", "Plan"]
 
@@ -243,6 +245,7 @@ def run_images(args, on_job=None) -> int:
     (:func:`cmidps.bench.store.lock_folder`: a second run on it refuses) and its ``config.json``
     checked."""
     tasks, methods, seeds, names = _check_options(args)
+    _check_out(args)
     dist = Dist(args.shard, resolve_device(args.device))
     try:
         prior, plan, names = _prepare(args, dist, tasks, methods, seeds, names)
@@ -251,6 +254,21 @@ def run_images(args, on_job=None) -> int:
             return _run(args, dist, prior, plan, on_job)
     finally:
         dist.close()
+
+
+def _check_out(args) -> None:
+    """Before any work (docs/safety.md): ``--out`` is a folder that can be written, neither ``--data``
+    nor inside it nor holding it, and not a folder that holds files of the names this bench writes
+    without being a bench run (no ``config.json``) unless ``--force`` (which moves them aside)."""
+    out = check_output_folder(args.out, "--out")
+    check_distinct({}, folders={"--out": out},
+                   input_folders={"--data": None if str(args.data) == "heldout" else args.data})
+    if not (out / CONFIG).is_file() and not args.force and not args.report_only:
+        stray = stray_outputs(out, OUTPUTS)
+        if stray:
+            raise BenchError(f"--out {str(args.out)!r} is not a bench run (no {CONFIG}) but holds {', '.join(stray[:5])}, "
+                             f"which this run would write; use another --out, or pass --force to move them to "
+                             f"{args.out}/superseded-<time>/")
 
 
 def _check_options(args):

@@ -115,13 +115,9 @@ class ResultWriter:
 
 def atomic_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file (fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    from ..commands.outputs import write_text
+
+    write_text(path, text)  # a failure or Ctrl-C leaves the previous file and no temporary one
 
 
 def merge_results(out, key, remove_parts: bool = True) -> dict:
@@ -149,6 +145,15 @@ def supersede(out: Path, outputs=()) -> Path:
         if p.name == CONFIG or p.name in outputs or (p.name.startswith("results") and p.suffix == ".jsonl"):
             shutil.move(str(p), str(dest / p.name))
     return dest
+
+
+def stray_outputs(out: Path, outputs=()) -> list[str]:
+    """The names in ``out`` that a run would write or move (config, results files, ``outputs``)."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name == CONFIG or p.name in outputs
+                  or (p.name.startswith("results") and p.suffix == ".jsonl"))
 
 
 def _differences(old_settings, settings: dict, old_inputs: dict, inputs: dict) -> list[str]:
@@ -187,7 +192,21 @@ def check_config(out: Path, settings: dict, fingerprints: dict, info: dict, forc
             dest = supersede(out, outputs)
             print(f"--force: moved the previous outputs to {dest}", file=sys.stderr)
             old_images = {}
+        elif force:
+            print(f"--force: {out} holds a run with the same settings; nothing moved (its finished jobs are kept)",
+                  file=sys.stderr)
         images = {**old_images, **images}
+    elif force:  # no earlier run here: say so, and move aside any files of the names a run writes
+        stray = stray_outputs(out, outputs)
+        if stray and not allow_force:
+            raise InputError("--force cannot be combined with --shard (shards would move each other's "
+                             "results); clear the output folder or use a new --out")
+        if stray:
+            dest = supersede(out, outputs)
+            print(f"--force: {out} held no bench run (no {CONFIG}); moved {', '.join(stray)} to {dest}",
+                  file=sys.stderr)
+        else:
+            print(f"--force: no earlier run in {out}; nothing to move, starting a new run", file=sys.stderr)
     atomic_text(path, json.dumps({"settings": settings, "info": info, "images": images}, indent=1) + "\n")
 
 
