@@ -4,6 +4,13 @@
 >>> op, y = measure(x01, "deblur_gauss", seed=0)              # x01: (B, C, H, W) in [0, 1]
 >>> x_hat = restore(prior, op, y, "cmi+dps", steps=100, seed=0)  # (B, C, H, W) in [0, 1]
 
+A measurement you already have (a blurred photo and its kernel, an image with holes and its mask, a
+low-resolution image): build the operator without measuring, then restore:
+
+>>> op = make_operator("deblur_gauss", (1, 32, 32), kernel=load_kernel("k.npy"))  # or mask=..., or none (sr4)
+>>> y = measurement_from_image(y01, op)                        # y01: (B, C, h, w) in [0, 1] -> [-1, 1]
+>>> x_hat = restore(prior, op, y, "dps", task="deblur_gauss", sigma_y=0.05)  # sigma_y in [-1, 1] units
+
 Every default (task settings, noise, steps, step sizes) comes from a preset (:mod:`cmidps.presets`,
 docs/presets.md): ``measure(..., preset="dps")``; ``restore`` follows the operator's preset.
 
@@ -22,6 +29,7 @@ import torch
 from .cmi import CMIConfig
 from .methods.drivers import DRIVERS
 from .operators import MaskOperator, TASKS, make_operator
+from .operators.motion import load_kernel  # noqa: F401  (the API of a user's own blur: make_operator(kernel=load_kernel(f)))
 from .presets import get_preset
 from .prior import from_model, to_model
 from .methods.samplers import RULES, make_rule
@@ -65,7 +73,7 @@ def default_params(method: str, task: str | None, x_shape, preset=None) -> dict:
 
 
 def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float | None = None, preset: str | None = None,
-            items: list | None = None, kernel: torch.Tensor | None = None):
+            items: list | None = None, kernel: torch.Tensor | None = None, mask: torch.Tensor | None = None):
     """Build the task's operator and a noisy measurement of ``x01`` under ``preset`` (``None``: by
     image size, :func:`cmidps.presets.default_preset`).
 
@@ -77,7 +85,8 @@ def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float | None =
     (``paper``, ``dps``: the DPS code draws a mask per image) a mask task draws each image's mask from
     (task, seed, item) instead, so a result still does not depend on batching or sharding.
     ``kernel``: a 2-D tensor that replaces a blur task's kernel (convolved, e.g. from
-    :func:`cmidps.motion.load_kernel`), the preset's padding kept.
+    :func:`cmidps.motion.load_kernel`), the preset's padding kept. ``mask``: a 0/1 tensor ``(H, W)``
+    or ``(B, H, W)`` (1 = observed) that replaces an inpainting task's drawn mask.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
@@ -95,6 +104,8 @@ def measure(x01: torch.Tensor, task: str, seed: int = 0, sigma_y: float | None =
     if kernel is not None and task not in BLUR_TASKS:
         raise ValueError(f"a kernel replaces the kernel of a blur task ({', '.join(BLUR_TASKS)}), not of {task}")
     extra = {} if kernel is None else {"kernel": torch.as_tensor(kernel, dtype=torch.float64)}
+    if mask is not None:
+        extra = {"mask": mask}
     op = make_operator(task, tuple(x01.shape[1:]), gen, p.name, **extra).to(x01.device)
     y = op.A(to_model(x01))
     noise = randn(y.shape, [generator(seed, "noise", task, it) for it in items], y.dtype, y.device)
@@ -140,6 +151,62 @@ def restore(prior, op, y: torch.Tensor, method: str = "dps", steps: int | None =
                    cmi=(cmi or CMIConfig()) if use_cmi else None, cmi_generator=cmi_gens,
                    ddim_eta=ddim_eta, progress=progress, desc=method, likelihood_clip=likelihood_clip)
     return from_model(x) if getattr(prior, "clip_x0", False) else x
+
+
+# ----------------------------------------------------------------------- measurements a user already has
+def measurement_from_image(y01: torch.Tensor, op) -> torch.Tensor:
+    """A measurement given as an image in [0, 1] (as read from a file) -> ``y`` in the model's [-1, 1]
+    range, ready for :func:`restore`. For a mask the missing pixels are set to 0 (their values in the
+    file are ignored): ``y = A x + n`` is 0 there by the operator's definition.
+
+    ``y01``: ``(B, C, h, w)``, the operator's measurement shape (for ``sr4`` a quarter of the model's
+    size on each side)."""
+    if y01.ndim != 4:
+        raise ValueError(f"expected measurements of shape (B, C, h, w), got {tuple(y01.shape)}")
+    if tuple(y01.shape[1:]) != tuple(op.y_shape):
+        raise ValueError(f"the measurement is {tuple(y01.shape[1:])} (C, h, w); this operator measures "
+                         f"{tuple(op.y_shape)}")
+    if not torch.isfinite(y01).all():
+        raise ValueError("the measurement contains non-finite values")
+    y = to_model(y01)
+    return op.A(y) if isinstance(op, MaskOperator) else y
+
+
+def simple_inverse(op, y: torch.Tensor) -> torch.Tensor:
+    """The measurement's simplest inverse ``A^+ y`` as an image in [0, 1] (clamped): the floor any
+    restoration should beat."""
+    return from_model(op.A_pinv(y))
+
+
+def bicubic_upsample(op, y: torch.Tensor) -> torch.Tensor:
+    """Plain bicubic upsampling of a low-resolution ``y`` to the operator's image size, [0, 1] (the
+    usual baseline of super-resolution)."""
+    h, w = op.x_shape[-2:]
+    return from_model(torch.nn.functional.interpolate(y, size=(h, w), mode="bicubic", align_corners=False))
+
+
+def estimate_sigma_y(y01: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """The measurement noise's standard deviation in the model's [-1, 1] range, estimated from one
+    measurement image ``(C, h, w)`` in [0, 1] with scikit-image's wavelet estimator
+    (``skimage.restoration.estimate_sigma``, which returns it in the image's [0, 1] units; doubled here).
+
+    With a ``mask`` ``(h, w)`` (1 = observed) the missing pixels are first filled by biharmonic
+    inpainting (``skimage.restoration.inpaint_biharmonic``) so the holes' edges are not taken for noise;
+    with many missing pixels the estimate is rough (docs/restore_your_own.md)."""
+    import numpy as np
+    from skimage.restoration import estimate_sigma, inpaint_biharmonic
+
+    arr = y01.detach().double().cpu().numpy()
+    img = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    channel_axis = None if arr.shape[0] == 1 else -1
+    if mask is not None:
+        missing = np.asarray(mask.detach().cpu().numpy() == 0)
+        if missing.all():
+            raise ValueError("the mask marks every pixel missing: nothing to estimate the noise from")
+        if missing.any():
+            img = inpaint_biharmonic(img, missing, channel_axis=channel_axis)
+    sigma = estimate_sigma(img, channel_axis=channel_axis, average_sigmas=True)
+    return 2.0 * float(sigma)
 
 
 def measurement_image(op, y: torch.Tensor, x_shape) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from ..presets import PRESET_NAMES, get_preset
 from .base import LinearOperator, Tensor, _image_shape
 from .blur import blur_operator, gaussian_filter_kernel, gaussian_kernel
-from .inpaint import BoxInpainting, RandomInpainting
+from .inpaint import BoxInpainting, MaskOperator, RandomInpainting
 from .motion import motion_kernel
 from .superres import SuperResolution
 
@@ -52,6 +52,8 @@ def make_operator(
     x_shape,
     generator=None,
     preset: str | None = None,
+    *,
+    mask=None,
     **overrides,
 ) -> LinearOperator:
     """The operator of ``task`` for images of shape ``x_shape = (C, H, W)``.
@@ -62,9 +64,32 @@ def make_operator(
     box / motion kernel; for the mask tasks it may be a list (one mask per image, a per-sample
     operator). The operator records its preset as ``op.preset``. Raises ``ValueError`` on an unknown
     task or preset and on an ``x_shape`` the task does not fit.
+
+    To restore a measurement you already have, build its operator without measuring: ``mask=`` a 0/1
+    array of shape ``(H, W)`` (or ``(B, H, W)``, one per image; 1 = observed) for the inpainting tasks,
+    ``kernel=`` a 2-D array for the blurs (convolved, normalised to sum 1 by the caller, e.g.
+    :func:`cmidps.operators.motion.load_kernel`); ``sr4`` needs neither (its operator is fixed).
+    ``deblur_gauss`` without a kernel is the preset's Gaussian; ``deblur_motion`` without one draws a
+    random kernel from ``generator`` (only right for a measurement made with that draw).
     """
-    params = dict(preset_params(task, x_shape, preset), **overrides)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     shape = _image_shape(x_shape)
+    if mask is not None:
+        if task not in _MASK_TASKS:
+            raise ValueError(f"a mask belongs to an inpainting task ({', '.join(_MASK_TASKS)}), not to {task}")
+        if overrides:
+            raise ValueError(f"a given mask takes no other settings, got {', '.join(overrides)}")
+        mask = torch.as_tensor(mask, dtype=torch.float64)
+        if not torch.all((mask == 0) | (mask == 1)):
+            raise ValueError("a mask must hold only 0 (missing) and 1 (observed)")
+        op = MaskOperator(shape, mask.cpu())
+        op.preset = get_preset(preset, shape).name
+        return op
+    if "kernel" in overrides and overrides["kernel"] is not None and not isinstance(overrides["kernel"], str) \
+            and task not in ("deblur_gauss", "deblur_motion"):
+        raise ValueError(f"a kernel belongs to a blur task (deblur_gauss, deblur_motion), not to {task}")
+    params = dict(preset_params(task, x_shape, preset), **overrides)
     if isinstance(generator, (list, tuple)) and task not in _MASK_TASKS:
         generator = generator[0]  # one kernel for the whole run, as the DPS code draws it
     if task == "inpaint_random":
