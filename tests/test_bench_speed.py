@@ -7,6 +7,7 @@ import torch
 from cmidps.cli import main
 from cmidps.models.loading import save_network
 from cmidps.models.unet import create_model
+from conftest import randomize_zero_init
 
 TINY = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
             num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
@@ -14,7 +15,7 @@ TINY = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2",
 
 def test_bench_speed_schema_and_network_evaluations(tmp_path):
     torch.manual_seed(0)
-    save_network(tmp_path / "m", create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
+    save_network(tmp_path / "m", randomize_zero_init(create_model(**TINY)), TINY, channels=1, image_size=16, learn_sigma=False)
     out = tmp_path / "speed.json"
     rc = main(["bench", "speed", "--model", str(tmp_path / "m"), "--methods", "dps", "--probes", "1,2",
                "--timed-steps", "2", "--repeats", "1", "--image-batches", "1,2", "--json", str(out), "--quiet"])
@@ -32,7 +33,7 @@ def test_bench_speed_schema_and_network_evaluations(tmp_path):
 
 def test_bench_speed_phases_auto_device_and_bf16(tmp_path):
     torch.manual_seed(0)
-    save_network(tmp_path / "m", create_model(**TINY), TINY, channels=1, image_size=16, learn_sigma=False)
+    save_network(tmp_path / "m", randomize_zero_init(create_model(**TINY)), TINY, channels=1, image_size=16, learn_sigma=False)
     out = tmp_path / "speed.json"
     rc = main(["bench", "speed", "--model", str(tmp_path / "m"), "--methods", "dps", "--estimators", "lowrank",
                "--probes", "1", "--timed-steps", "1", "--repeats", "1", "--image-batches", "", "--phases",

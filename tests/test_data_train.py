@@ -139,9 +139,11 @@ def test_sampler_and_figures(tmp_path):
     from cmidps.prior import NetworkPrior
     from cmidps.training.figures import plot_loss_curve, sample_unconditional, save_image_grid
 
+    from conftest import randomize_zero_init
+
     torch.manual_seed(0)
-    net = create_model(image_size=32, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="",
-                       in_channels=1).eval()
+    net = randomize_zero_init(create_model(image_size=32, num_channels=8, num_res_blocks=1, channel_mult="1,2",
+                                           attention_resolutions="", in_channels=1)).eval()
     prior = NetworkPrior(net, shape=(1, 32, 32), learn_sigma=False)
     s1 = sample_unconditional(prior, 3, steps=4, generator=torch.Generator().manual_seed(1))
     s2 = sample_unconditional(prior, 3, steps=4, generator=torch.Generator().manual_seed(1))

@@ -9,6 +9,7 @@ import torch
 
 from cmidps.models.loading import ASSETS_DIR, CheckpointError, load_prior, save_network
 from cmidps.models.unet import create_model
+from conftest import randomize_zero_init
 
 TINY = dict(image_size=16, num_channels=16, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
             num_head_channels=8, in_channels=1, learn_sigma=False)
@@ -28,7 +29,8 @@ def test_the_bundled_weights_file_suggests_its_folder():
 
 
 def test_a_safetensors_file_loads_with_a_json_model_config(tmp_path):
-    net = create_model(**TINY)
+    torch.manual_seed(0)
+    net = randomize_zero_init(create_model(**TINY)).eval()  # a non-zero output, so the comparison can fail
     folder = save_network(tmp_path / "m", net, TINY, channels=1, image_size=16, learn_sigma=False)
     alone = tmp_path / "alone.safetensors"
     alone.write_bytes((folder / "model.safetensors").read_bytes())
@@ -38,8 +40,13 @@ def test_a_safetensors_file_loads_with_a_json_model_config(tmp_path):
     cfg.write_text(json.dumps(TINY))
     prior = load_prior(str(alone), model_config=str(cfg))
     assert prior.shape == (1, 16, 16)
-    x = torch.zeros(1, 1, 16, 16)
-    torch.testing.assert_close(prior.net(x, torch.zeros(1, dtype=torch.long)), net(x, torch.zeros(1, dtype=torch.long)))
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 500])
+    with torch.no_grad():
+        loaded, original = prior.net(x, t), net(x, t)
+        other = randomize_zero_init(create_model(**TINY), seed=1)(x, t)  # other weights: another output
+    assert original.abs().mean() > 0.05 and not torch.allclose(other, original, atol=1e-3)
+    torch.testing.assert_close(loaded, original)
     # the folder's own config.json (with its create_model entry) works as --model-config too
     assert load_prior(str(alone), model_config=str(folder / "config.json")).shape == (1, 16, 16)
 

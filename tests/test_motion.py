@@ -253,19 +253,6 @@ def test_measure_blurs_with_a_given_kernel(tmp_path):
         measure(x, "inpaint_box", seed=0, kernel=k)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from cmidps.models.loading import save_network
-    from cmidps.models.unet import create_model
-
-    cfg = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
-               num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny")
-    save_network(folder, create_model(**cfg), cfg, channels=1, image_size=16, learn_sigma=False)
-    return folder
-
-
 def _restore(tiny_model, tmp_path, *extra, task="deblur_motion"):
     from PIL import Image
 

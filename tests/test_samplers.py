@@ -43,10 +43,10 @@ def _flip_measurement(rule):
     return lambda s: rule(dataclasses.replace(s, y=-s.y))
 
 
-def _posterior_mean_error(rule, steps=50, batch=400, seed=3):
+def _posterior_mean_error(rule, steps=50, batch=400, seed=3, cmi=None):
     prior, op, y, sigma_y, post = _problem()
     x = sample(prior, op, y, rule, steps=steps, sigma_y=sigma_y, generator=torch.Generator().manual_seed(seed),
-               batch=batch, progress=False)
+               batch=batch, progress=False, cmi=cmi, cmi_generator=torch.Generator().manual_seed(seed + 1))
     assert torch.isfinite(x).all()
     err = (x.mean(0) - post.means[0]).norm()
     prior_err = (prior.means[0] - post.means[0]).norm()
@@ -57,6 +57,17 @@ def _posterior_mean_error(rule, steps=50, batch=400, seed=3):
 @pytest.mark.parametrize("name", sorted(GOOD))
 def test_sampler_mean_is_near_the_exact_posterior_mean(name):
     assert _posterior_mean_error(make_rule(name, **GOOD[name])) < 0.2
+
+
+@pytest.mark.parametrize("name", ["dps", "mcg"])
+@pytest.mark.parametrize("kinv", ["isotropic", "cg"])
+def test_cmi_sampler_with_small_eta_is_as_near_the_exact_posterior(name, kinv):
+    """CMI+DPS and CMI+MCG with a small eta on a Gaussian posterior meet the same bound as DPS and MCG
+    (for one Gaussian, Sigma_post does not depend on x_t: grad I = 0, so CMI must not move them)."""
+    cmi = CMIConfig(eta=0.05, estimator="lowrank", kinv=kinv, cg_iters=20)
+    with_cmi = _posterior_mean_error(make_rule(name, **GOOD[name]), cmi=cmi)
+    assert with_cmi < 0.2
+    assert with_cmi == pytest.approx(_posterior_mean_error(make_rule(name, **GOOD[name])), abs=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(GOOD))
@@ -188,13 +199,13 @@ def test_samples_are_finite_in_float32():
 
 # --- image operators of the presets in the loop ---------------------------------------------------
 def _tiny_image_prior():
-    from cmidps.models import create_model
+    """The shared tiny ADM UNet (tests/conftest.py) with its zero-initialised layers re-drawn: eps
+    depends on x, so a rule that mixed the samples of a batch would show. Float64, so that a batch
+    and a single image agree to rounding (float32 convolutions differ by ~1e-4 between batch sizes)."""
+    from conftest import random_unet
     from cmidps.prior import NetworkPrior
 
-    torch.manual_seed(0)
-    net = create_model(image_size=16, num_channels=8, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions="8",
-                       num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
-    return NetworkPrior(net.eval(), (1, 16, 16))
+    return NetworkPrior(random_unet(0).double().eval(), (1, 16, 16))
 
 
 @pytest.mark.parametrize("name", ["dps", "pigdm", "mcg", "dsg"])
@@ -207,26 +218,30 @@ def test_per_image_masks_run_per_sample_in_the_loop(name):
     op = RandomInpainting((1, 16, 16), (0.3, 0.7), [torch.Generator().manual_seed(s) for s in (1, 2)])
     single = RandomInpainting((1, 16, 16), (0.3, 0.7), [torch.Generator().manual_seed(2)])
     g = torch.Generator().manual_seed(3)
-    x = torch.rand(2, 1, 16, 16, generator=g) * 2 - 1
-    y = op.A(x) + 0.05 * torch.randn(x.shape, generator=g)
+    x = torch.rand(2, 1, 16, 16, generator=g, dtype=D) * 2 - 1
+    y = op.A(x) + 0.05 * torch.randn(x.shape, generator=g, dtype=D)
 
-    def run(o, yy, seeds):
+    def run(o, yy, seeds, eta=0.01):
         return sample(prior, o, yy, make_rule(name, **GOOD[name]), 3, [torch.Generator().manual_seed(s) for s in seeds],
-                      sigma_y=0.05, cmi=CMIConfig(eta=0.01, probes=2),
+                      sigma_y=0.05, cmi=CMIConfig(eta=eta, probes=2),
                       cmi_generator=[torch.Generator().manual_seed(10 + s) for s in seeds], progress=False)
 
     both = run(op, y, (5, 6))
     assert torch.isfinite(both).all()
-    assert torch.allclose(both[1:], run(single, y[1:], (6,)), atol=1e-5)
+    torch.testing.assert_close(both[1:], run(single, y[1:], (6,)), atol=1e-9, rtol=1e-9)
+    # CMI is really on (it moves the result), and so is the guidance (another y, another result)
+    assert (both - run(op, y, (5, 6), eta=0.0)).abs().max() > 1e-4
+    assert (both - run(op, -y, (5, 6))).abs().max() > 1e-3
 
 
 def test_pigdm_on_a_reflect_blur_solves_K_by_cg_per_sample():
     from cmidps.operators import ReflectBlur, gaussian_filter_kernel
 
     prior = _tiny_image_prior()
-    op = ReflectBlur((1, 16, 16), gaussian_filter_kernel(5, 1.0), cg_maxiter=60)
+    op = ReflectBlur((1, 16, 16), gaussian_filter_kernel(5, 1.0), cg_maxiter=500)
     g = torch.Generator().manual_seed(3)
-    y = op.A(torch.rand(2, 1, 16, 16, generator=g) * 2 - 1) + 0.05 * torch.randn(2, 1, 16, 16, generator=g)
+    y = op.A(torch.rand(2, 1, 16, 16, generator=g, dtype=D) * 2 - 1) + 0.05 * torch.randn(2, 1, 16, 16, generator=g,
+                                                                                          dtype=D)
 
     def run(yy, seeds):
         return sample(prior, op, yy, make_rule("pigdm"), 3, [torch.Generator().manual_seed(s) for s in seeds],
@@ -234,4 +249,5 @@ def test_pigdm_on_a_reflect_blur_solves_K_by_cg_per_sample():
 
     both = run(y, (5, 6))
     assert torch.isfinite(both).all()
-    assert torch.allclose(both[1:], run(y[1:], (6,)), atol=1e-5)
+    torch.testing.assert_close(both[1:], run(y[1:], (6,)), atol=1e-7, rtol=1e-7)  # CG run to convergence
+    assert (both - run(-y, (5, 6))).abs().max() > 1e-3  # the guidance acts

@@ -327,8 +327,11 @@ def test_bench_speed_counts_one_network_evaluation_per_step_for_every_new_solver
 
     tiny = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
                 num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
+    from conftest import randomize_zero_init
+
     torch.manual_seed(0)
-    save_network(tmp_path / "m", create_model(**tiny), tiny, channels=1, image_size=16, learn_sigma=False)
+    save_network(tmp_path / "m", randomize_zero_init(create_model(**tiny)), tiny, channels=1, image_size=16,
+                 learn_sigma=False)
     out = tmp_path / "speed.json"
     methods = "ddnm,ddnm_plus,ddnm_svd,ddrm,diffpir,tmpd,daps,reddiff"
     rc = main(["bench", "speed", "--model", str(tmp_path / "m"), "--methods", methods, "--probes", "1",
