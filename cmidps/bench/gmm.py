@@ -23,12 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..cmi import CMIConfig, ESTIMATORS, ETA_SCHEDULES, KINV
+from ..commands.outputs import check_output_file, write_json
 from ..operators import DenseOperator
 from ..prior import GaussianMixturePrior
 from ..methods.drivers import DRIVERS, DRIVER_STEP_PARAM
@@ -253,8 +256,9 @@ def warm_up(params: dict, methods: list[str]) -> None:
             pass
 
 
-def run_benchmark(params: dict, methods: list[str], seeds: list[int], progress: bool = True) -> dict:
-    """Run every method on every seed; returns ``{"config", "results", "floor"}``."""
+def run_benchmark(params: dict, methods: list[str], seeds: list[int], progress: bool = True, on_row=None) -> dict:
+    """Run every method on every seed; returns ``{"config", "results", "floor"}``. ``on_row(partial)``
+    (optional) is called after every finished row with the results so far in the same form."""
     from tqdm.auto import tqdm
 
     theta = random_directions(params["dim"], params["directions"], params["direction_seed"])
@@ -269,6 +273,9 @@ def run_benchmark(params: dict, methods: list[str], seeds: list[int], progress: 
         for method in methods:
             row = evaluate(problem, method, params, ref, theta)
             results.append(row)
+            if on_row is not None:
+                on_row({"config": {**params, "methods": list(methods), "seeds": list(seeds)}, "results": results,
+                        "floor": floor})
             bar.set_postfix(method=method, seed=seed, sw2="diverged" if row["sw2"] is None else f"{row['sw2']:.3f}")
             bar.update()
     bar.close()
@@ -430,21 +437,35 @@ def run_gmm(args) -> dict:
         raise SystemExit(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
     if args.tune_seeds and set(args.tune_seeds) & set(args.seeds):
         raise SystemExit("--tune-seeds must be disjoint from --seeds")
+    check_output_file(args.json, "--json")  # before any work: a bad path must not lose the results
     params = settings_from_args(args)
     tuning = None
     t0 = time.perf_counter()
-    if args.tune_seeds:
-        grids = {b: getattr(args, f"grid_{b}") for b in DEFAULT_GRID}
-        tuning = tune(params, methods, args.tune_seeds, grids, args.eta_grid, progress=not args.no_progress)
-        tuning["seconds"] = time.perf_counter() - t0
-    out = run_benchmark(params, methods, args.seeds, progress=not args.no_progress)
+
+    def save_partial(partial: dict) -> None:  # the results so far, rewritten atomically after every row
+        if args.json:
+            if tuning is not None:
+                partial["config"] = {**partial["config"], "tuning": tuning}
+            write_json(args.json, {**partial, "partial": True})
+
+    try:
+        if args.tune_seeds:
+            grids = {b: getattr(args, f"grid_{b}") for b in DEFAULT_GRID}
+            tuning = tune(params, methods, args.tune_seeds, grids, args.eta_grid, progress=not args.no_progress)
+            tuning["seconds"] = time.perf_counter() - t0
+            save_partial({"config": {**params, "methods": list(methods), "seeds": list(args.seeds)}, "results": [],
+                          "floor": []})
+        out = run_benchmark(params, methods, args.seeds, progress=not args.no_progress, on_row=save_partial)
+    except BaseException:
+        if args.json and Path(args.json).is_file():
+            print(f"the results measured so far are in {args.json} (marked \"partial\": true)", file=sys.stderr)
+        raise
     if tuning is not None:
         out["config"]["tuning"] = tuning
     out["config"]["total_seconds"] = time.perf_counter() - t0
     print(format_table(out))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(args.json, out)
         print(f"wrote {args.json}")
     return out
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..cmi import CMIConfig
+from ..commands.outputs import check_distinct, check_output_file, write_json
 from ..methods.drivers import DRIVERS
 from ..restore import measure, parse_method
 from ..methods.samplers import make_rule
@@ -192,7 +193,7 @@ def step_phases(prior, op, y, cfg: CMIConfig, device, repeats: int, zeta: float 
 def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, task: str = "sr4",
                 methods=DEFAULT_METHODS, estimators=("lowrank", "hutchinson"), probes=(1, 4),
                 kinv: str = "isotropic", image_batches=(1, 4, 16), steps: int = 100, device="cpu",
-                progress: bool = True, steps_list=(), phases: bool = False, amp=None) -> dict:
+                progress: bool = True, steps_list=(), phases: bool = False, amp=None, on_update=None) -> dict:
     from tqdm.auto import tqdm
 
     x = torch.rand((batch, *prior.shape), generator=torch.Generator().manual_seed(0)).to(device)
@@ -214,6 +215,8 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
         out["methods"][key] = {"ms_per_step": 1e3 * sec, "cpu_ms_per_step": 1e3 * cpu_s, "ratio_to_network": sec / net,
                                "peak_mem_mb": mem, "network_evals_per_step": nfe}
         bar.update()
+        if on_update is not None:  # the results so far (run_speed rewrites --json with them)
+            on_update(out)
     for key, entry in out["methods"].items():
         if key.startswith("cmi+"):
             base = out["methods"][key[4:].split("[")[0]]
@@ -231,6 +234,8 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
             sec, _, _ = method_step(prior, opb, yb, method, CMIConfig(), timed_steps, device, 1, amp=amp)
             ips[method][str(b)] = b / (sec * steps)
             bar.update()
+            if on_update is not None:
+                on_update({**out, "images_per_second": ips})
     full = {}
     for method in ("dps", "cmi+dps") if steps_list else ():
         full[method] = {}
@@ -238,6 +243,8 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
             sec, _, _ = method_step(prior, op, y, method, CMIConfig(), n, device, 1, amp=amp)
             full[method][str(n)] = sec * n
             bar.update()
+            if on_update is not None:
+                on_update({**out, "images_per_second": ips, "seconds_per_restoration": full})
     bar.close()
     out["images_per_second"] = ips
     if full:
@@ -302,8 +309,15 @@ def format_table(res: dict) -> str:
 def run_speed(args) -> int:
     from ..models.loading import load_prior
 
+    check_output_file(args.json, "--json")  # before any work: a bad path must not lose the results
+    check_distinct({"--json": args.json}, {"--model": None if ":" in str(args.model) else args.model})
     results = {}
     device = resolve_device(args.device)
+
+    def save(spec, partial):  # the results so far, rewritten atomically after every finished unit
+        if args.json:
+            done = {**results, spec: {**partial, "partial": True}}
+            write_json(args.json, done[spec] if len(specs) == 1 else {"by_model": done, "partial": True}, indent=2)
     specs = [args.model] if not args.image_sizes else [f"adm-random:{s}" for s in args.image_sizes.split(",")]
     for spec in specs:
         prior = (random_adm_prior(int(spec.split(":")[1]), device) if spec.startswith("adm-random:")
@@ -314,13 +328,13 @@ def run_speed(args) -> int:
                           probes=tuple(int(r) for r in args.probes.split(",")), kinv=args.kinv,
                           image_batches=tuple(int(b) for b in args.image_batches.split(",") if b), steps=args.steps,
                           device=device, progress=not args.quiet, phases=args.phases, amp=AMP[args.amp],
+                          on_update=lambda partial, spec=spec: save(spec, partial),
                           steps_list=tuple(int(n) for n in args.steps_list.split(",")) if args.steps_list else ())
         print(format_table(res))
         results[spec] = res
     out = results[specs[0]] if len(specs) == 1 else {"by_model": results}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -109,7 +109,8 @@ def check_output_file(path, option: str = "--out", image: bool = False, modes=("
         raise OutputError(f"{option} is empty; give a file name")
     p = Path(path).expanduser()
     if p.is_dir() or str(path).endswith(("/", os.sep)):
-        raise OutputError(f"{option} {shown} is a folder; give a file name, e.g. {_show(p / 'out.png')}")
+        example = p / ("out.png" if image else "results.json")
+        raise OutputError(f"{option} {shown} is a folder; give a file name, e.g. {_show(example)}")
     if image:
         try:
             image_format(p, modes)
@@ -181,6 +182,8 @@ def check_distinct(outputs: dict, inputs: dict | None = None, folders: dict | No
         return [(k, _absolute(v), v) for k, v in (d or {}).items() if v is not None and str(v) != ""]
 
     outs, ins, ofold, ifold = real(outputs), real(inputs), real(folders), real(input_folders)
+    ifold += [e for e in ins if e[1].is_dir()]  # an input that is a folder (a model folder) is one
+    ins = [e for e in ins if not e[1].is_dir()]
     for i, (ko, po, vo) in enumerate(outs):
         for ki, pi, vi in ins:
             if _same(po, pi):
