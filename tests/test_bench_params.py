@@ -1,0 +1,81 @@
+"""``cmidps bench images --params`` (step sizes per method and task, CMI's eta per cmi+X) and
+``--keep-going`` (a sample that blows up is recorded, the rest of the batch kept), on a tiny network."""
+import cmidps  # noqa: F401
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cmidps.bench.images as bench
+from cmidps.bench.images import add_images_parser, run_images
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        arr = np.clip(rng.integers(0, 255, (16, 16)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr, "L").save(folder / f"img{k}.png")
+    return folder
+
+
+def _args(model, data, out, methods, *extra):
+    parser = argparse.ArgumentParser()
+    add_images_parser(parser.add_subparsers())
+    return parser.parse_args(["images", "--data", str(data), "--model", str(model), "--tasks", "sr4,inpaint_random",
+                              "--methods", methods, "--steps", "2", "--seeds", "0", "--out", str(out), "--batch", "3",
+                              "--metrics", "psnr,ssim", "--quiet", *extra])
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_params_table_sets_step_sizes_per_method_and_task(tiny_model, data_dir, tmp_path):
+    table = {"params": {"dps": {"sr4": {"zeta": 0.7}, "*": {"zeta": 0.2}}, "cmi+dps": {"*": {"eta": 0.05}}}}
+    (tmp_path / "p.json").write_text(json.dumps(table))
+    args = _args(tiny_model, data_dir, tmp_path / "out", "dps,cmi+dps", "--params", str(tmp_path / "p.json"))
+    bench._check_options(args)
+    cmi = bench.cmi_config(args)
+    assert bench._job_params(args, "dps", "sr4", cmi)[0] == {"zeta": 0.7}
+    assert bench._job_params(args, "dps", "inpaint_random", cmi)[0] == {"zeta": 0.2}
+    params, c = bench._job_params(args, "cmi+dps", "sr4", cmi)
+    assert params == {"zeta": 0.7} and c.eta == 0.05 and cmi.eta != 0.05
+    assert run_images(args) == 0
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["settings"]["param_table"] == table["params"]  # a rerun with another table is refused
+
+
+def test_params_file_errors_name_the_option(tiny_model, data_dir, tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"nosuch": {"*": {"zeta": 1}}}))
+    args = _args(tiny_model, data_dir, tmp_path / "out", "dps", "--params", str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="nosuch"):
+        bench._check_options(args)
+    args = _args(tiny_model, data_dir, tmp_path / "out", "dps", "--params", str(tmp_path / "none.json"))
+    with pytest.raises(ValueError, match="--params"):
+        bench._check_options(args)
+
+
+def test_keep_going_records_a_diverged_sample_and_keeps_the_rest(tiny_model, data_dir, tmp_path, monkeypatch):
+    real = bench.restore
+
+    def flaky(prior, op, y, method, *a, items=None, **kw):  # image img1 always blows up
+        if "img1" in items:
+            raise bench.SamplingDiverged("the sample blew up (test)")
+        return real(prior, op, y, method, *a, items=items, **kw)
+
+    monkeypatch.setattr(bench, "restore", flaky)
+    with pytest.raises(bench.SamplingDiverged):
+        run_images(_args(tiny_model, data_dir, tmp_path / "stop", "dps"))
+    out = tmp_path / "go"
+    assert run_images(_args(tiny_model, data_dir, out, "dps", "--keep-going")) == 0
+    recs = _records(out)
+    assert len(recs) == 6
+    bad = [r for r in recs if r.get("diverged")]
+    assert {r["image"] for r in bad} == {"img1"} and all(r["psnr"] is None for r in bad)
+    good = [r for r in recs if not r.get("diverged")]
+    assert len(good) == 4 and all(np.isfinite(r["psnr"]) for r in good)
+    assert not (out / "images" / "sr4" / "dps" / "0" / "img1.png").exists()
