@@ -99,3 +99,22 @@ def pytest_unconfigure(config):
     if path:
         with open(path, "w") as f:
             json.dump(_COUNTS, f, indent=1)
+
+
+# --- the device the tests run on (issue 18: the same tests on CUDA when present) ----------------------
+def _test_device() -> str:
+    """``CMIDPS_TEST_DEVICE`` if set, else ``cuda`` when a CUDA device is present, else ``cpu``."""
+    return os.environ.get("CMIDPS_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The device to run on: cuda when present (or ``CMIDPS_TEST_DEVICE``), else cpu. Every test that
+    takes it is marked ``cuda`` (``pytest -m cuda`` runs them; scripts/gpu_check.sh does on a GPU)."""
+    return _test_device()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cuda)

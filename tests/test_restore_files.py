@@ -22,8 +22,18 @@ def _png(arr01, path):
     return path
 
 
+DEVICE = "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _on_device(device):
+    """Every test here runs on the ``device`` fixture's device (cuda when present)."""
+    global DEVICE
+    DEVICE = device
+
+
 def _run(*argv):
-    return main(["restore", "--quiet", "--device", "cpu", *map(str, argv)])
+    return main(["restore", "--quiet", "--device", DEVICE, *map(str, argv)])
 
 
 def test_replay_of_a_saved_measurement_gives_the_simulated_restoration(tiny_model, digit_png, tmp_path):
@@ -36,13 +46,17 @@ def test_replay_of_a_saved_measurement_gives_the_simulated_restoration(tiny_mode
     assert _run("--measurement", tmp_path / "y.png", "--mask", tmp_path / "y_mask.png", "--out",
                 tmp_path / "replay.png", *common) == 0
     # exactly the API's restoration of the quantised y with that operator and seed
-    prior = load_prior(str(tiny_model))
+    prior = load_prior(str(tiny_model), device=DEVICE)
     mask = torch.from_numpy(np.asarray(Image.open(tmp_path / "y_mask.png"), dtype=np.float64) / 255)
-    op = make_operator("inpaint_random", (1, 16, 16), mask=mask)
-    y = measurement_from_image(load_image(tmp_path / "y.png")[None], op)
-    api = restore(prior, op, y, "dps", steps=4, seed=3, task="inpaint_random", progress=False)
+    op = make_operator("inpaint_random", (1, 16, 16), mask=mask).to(DEVICE)
+    y = measurement_from_image(load_image(tmp_path / "y.png")[None].to(DEVICE), op)
+    api = restore(prior, op, y, "dps", steps=4, seed=3, task="inpaint_random", progress=False).cpu()
     replay = load_image(tmp_path / "replay.png")
-    assert torch.equal(replay, torch.round(api[0].clamp(0, 1) * 255) / 255)
+    expected = torch.round(api[0].clamp(0, 1) * 255) / 255
+    if DEVICE == "cpu":
+        assert torch.equal(replay, expected)
+    else:  # CUDA kernels need not be bit-reproducible across calls
+        assert (replay - expected).abs().max() <= 1.5 / 255
     # and close to the simulated run, whose y was not quantised
     sim = load_image(tmp_path / "sim.png")
     assert (replay - sim).abs().mean() < 0.05

@@ -80,11 +80,11 @@ def make_measurements(folder: Path, task: str) -> dict:
     ("inpaint_random", "A_pinv_y", 5.0),
     ("sr4", "bicubic", 2.0),
 ])
-def test_restores_outside_measurements_better_than_the_simple_inverse(tmp_path, task, baseline, margin):
+def test_restores_outside_measurements_better_than_the_simple_inverse(tmp_path, task, baseline, margin, device):
     opts = make_measurements(tmp_path, task)
     out = tmp_path / "out"
     argv = ["restore", "--model", "bundled:mnist32", "--method", "dps", "--steps", str(STEPS), "--seed", "0",
-            "--out", str(out), "--quiet", "--device", "cpu"] + [a for kv in opts.items() for a in kv]
+            "--out", str(out), "--quiet", "--device", device] + [a for kv in opts.items() for a in kv]
     assert main(argv) == 0
     gains = []
     for name in DIGITS:
@@ -94,6 +94,5 @@ def test_restores_outside_measurements_better_than_the_simple_inverse(tmp_path, 
         gains.append(m["restoration"]["psnr"] - m[baseline]["psnr"])
         if task == "sr4":
             assert m["restoration"]["psnr"] > m["A_pinv_y"]["psnr"]
-    print(task, "gain over", baseline, np.round(gains, 2))
     assert np.mean(gains) > margin, (task, gains)
     assert (out / "summary.csv").read_text().count("\n") == len(DIGITS) + 2
