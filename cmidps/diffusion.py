@@ -4,7 +4,8 @@ Notation follows ``docs/math.md``: ``abar_t = prod(1 - beta)``, ``sigma_t^2 = 1 
 A :class:`Schedule` is a chain of ``N`` kept steps, indexed ``i = 0 .. N-1`` (``i = N-1`` is the
 noisiest). ``timesteps[i]`` is the index of that step on the 1000-step training chain, which is
 what a network is conditioned on. Respacing keeps a subset of the training steps, chosen as
-guided-diffusion's ``space_timesteps`` chooses them (:func:`space_timesteps`), and recomputes the betas
+guided-diffusion's ``space_timesteps`` chooses them (:func:`space_timesteps`: a count, or its respacing
+strings such as ``"10,10,10"`` and ``"ddim50"``), and recomputes the betas
 so that the kept ``abar`` are unchanged (guided-diffusion's ``SpacedDiffusion``).
 All schedule arrays are float64; :meth:`at` hands out scalars for a step.
 """
@@ -21,21 +22,96 @@ def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: floa
     return torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
 
 
-def space_timesteps(num_train_steps: int, num_steps: int) -> list[int]:
-    """The training steps kept by a respaced chain of ``num_steps``, as guided-diffusion's
-    ``space_timesteps(num_train_steps, [num_steps])`` chooses them (one section).
-
-    The stride ``(num_train_steps - 1) / (num_steps - 1)`` is accumulated in a float and each kept
-    step is Python's ``round`` of the running sum (round half to even), so ties fall as the
-    accumulated rounding error puts them. With ``num_steps <= 1`` the stride is 1: one step keeps
-    training step 0. (The DPS code uses the same function.)
-    """
-    stride = 1.0 if num_steps <= 1 else (num_train_steps - 1) / (num_steps - 1)
+def _one_section(start: int, size: int, count: int) -> list[int]:
+    """``count`` steps of the training steps ``start .. start + size - 1``: the stride
+    ``(size - 1) / (count - 1)`` (1 for ``count <= 1``) accumulated in a float, each kept step Python's
+    ``round`` of the running sum (round half to even)."""
+    stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
     kept, position = [], 0.0
-    for _ in range(num_steps):
-        kept.append(round(position))
+    for _ in range(count):
+        kept.append(start + round(position))
         position += stride
     return kept
+
+
+RESPACING_FORMS = "an integer N, a string 'N' or 'N1,N2,...' (steps per equal section), or 'ddimN'"
+
+
+def space_timesteps(num_train_steps: int, section_counts) -> list[int]:
+    """The training steps kept by a respaced chain, as guided-diffusion's ``space_timesteps`` keeps them
+    (its ``timestep_respacing`` strings; the DPS configs use them), sorted.
+
+    ``section_counts``:
+
+    * an integer ``N``: one section, ``N`` steps evenly strided over the whole chain (the stride
+      ``(num_train_steps - 1) / (N - 1)`` accumulated in a float, each step the running sum rounded
+      half to even; ``N <= 1`` keeps training step 0);
+    * a list of integers, or a string ``"N1,N2,..."``: the chain is cut into ``len`` sections of
+      ``num_train_steps // len`` steps (the first ``num_train_steps % len`` sections one longer), and
+      section ``k`` is strided as above into ``Nk`` steps; a section cannot give more steps than it has;
+    * ``"ddimN"``: the smallest integer stride ``s >= 1`` for which ``range(0, num_train_steps, s)`` has
+      exactly ``N`` steps (DDIM's uniform skip), else an error.
+
+    A request that cannot be met raises ``ValueError`` saying why. Duplicate steps collapse (as
+    guided-diffusion's set does).
+    """
+    from numbers import Integral
+
+    if isinstance(section_counts, bool):
+        raise ValueError(f"respacing {section_counts!r}: expected {RESPACING_FORMS}")
+    if isinstance(section_counts, Integral):
+        return _one_section(0, num_train_steps, int(section_counts))
+    if isinstance(section_counts, str):
+        text = section_counts.strip()
+        if text.startswith("ddim"):
+            try:
+                want = int(text[4:])
+            except ValueError:
+                raise ValueError(f"respacing {section_counts!r}: 'ddim' must be followed by a number of steps, "
+                                 f"e.g. 'ddim50'") from None
+            for stride in range(1, num_train_steps):
+                if len(range(0, num_train_steps, stride)) == want:
+                    return list(range(0, num_train_steps, stride))
+            raise ValueError(f"respacing {section_counts!r}: no integer stride gives exactly {want} of "
+                             f"{num_train_steps} steps; choose another count, or pass it as {want} (or "
+                             f"'{want}') for an evenly strided chain")
+        try:
+            counts = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"respacing {section_counts!r}: expected {RESPACING_FORMS}") from None
+    else:
+        try:
+            counts = [int(v) for v in section_counts]
+        except (TypeError, ValueError):
+            raise ValueError(f"respacing {section_counts!r}: expected {RESPACING_FORMS}") from None
+    if not counts:
+        raise ValueError(f"respacing {section_counts!r}: no sections")
+    if any(c < 0 for c in counts):
+        raise ValueError(f"respacing {section_counts!r}: step counts must be >= 0")
+    size, extra = divmod(num_train_steps, len(counts))
+    kept, start = [], 0
+    for k, count in enumerate(counts):
+        n = size + (1 if k < extra else 0)
+        if n < count:
+            raise ValueError(f"respacing {section_counts!r}: section {k + 1} has {n} training steps, "
+                             f"fewer than the {count} asked of it")
+        kept += _one_section(start, n, count)
+        start += n
+    return sorted(set(kept))
+
+
+def step_count(steps, who: str) -> int:
+    """``steps`` as a plain number of steps, for a caller that spaces its own steps and so cannot use a
+    guided-diffusion respacing (``"ddim50"``, ``"10,10,10"``): an integer, or a string of one integer;
+    anything else is a ``ValueError`` naming ``who``."""
+    from numbers import Integral
+
+    if isinstance(steps, Integral) and not isinstance(steps, bool):
+        return int(steps)
+    if isinstance(steps, str) and steps.strip().isdigit():
+        return int(steps)
+    raise ValueError(f"{who} takes a number of steps, not the respacing {steps!r} (it spaces its own steps); "
+                     f"pass an integer")
 
 
 @dataclass(frozen=True)
@@ -93,11 +169,20 @@ class Schedule:
     def linear(cls, num_train_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
         return cls(linear_betas(num_train_steps, beta_start, beta_end))
 
-    def respace(self, num_steps: int) -> "Schedule":
-        """Keep ``num_steps`` training steps chosen by :func:`space_timesteps` (guided-diffusion's rule)."""
-        if not 1 <= num_steps <= self.num_train_steps:
-            raise ValueError(f"steps must be between 1 and {self.num_train_steps}, got {num_steps}")
-        return Schedule(self.train_betas, space_timesteps(self.num_train_steps, num_steps))
+    def respace(self, num_steps) -> "Schedule":
+        """Keep the training steps chosen by :func:`space_timesteps` (guided-diffusion's rule):
+        ``num_steps`` an integer count, or a guided-diffusion respacing (``"10,10,10"``, ``"ddim50"``,
+        a list of section counts). A count outside ``1 .. num_train_steps`` or a respacing that keeps no
+        step is a ``ValueError``."""
+        from numbers import Integral
+
+        if isinstance(num_steps, Integral) and not isinstance(num_steps, bool):
+            if not 1 <= num_steps <= self.num_train_steps:
+                raise ValueError(f"steps must be between 1 and {self.num_train_steps}, got {num_steps}")
+        kept = space_timesteps(self.num_train_steps, num_steps)
+        if not kept:
+            raise ValueError(f"respacing {num_steps!r} keeps no step of the {self.num_train_steps}")
+        return Schedule(self.train_betas, kept)
 
     def __len__(self) -> int:
         return len(self.timesteps)

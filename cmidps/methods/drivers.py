@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ..diffusion import Schedule, x0_from_eps
+from ..diffusion import Schedule, step_count, x0_from_eps
 from ..linalg import bview
 from ..sampling import SamplingDiverged, randn
 
@@ -52,6 +52,7 @@ def annealing_schedule(prior, steps: int, sigma_min: float = 0.1) -> Schedule:
     """``steps`` training steps evenly spaced from the last (noisiest) down to the first whose
     variance-exploding noise level sigma_t = sqrt((1 - abar_t) / abar_t) reaches ``sigma_min``
     (DAPS anneals sigma from 100 to 0.1)."""
+    steps = step_count(steps, "daps")  # a respacing string ("ddim50") does not apply to DAPS's own levels
     abar = prior.schedule.abar
     ve = ((1.0 - abar) / abar).sqrt()
     t_min = int(torch.nonzero(ve >= sigma_min)[0]) if bool((ve >= sigma_min).any()) else len(abar) - 1
