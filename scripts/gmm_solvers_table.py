@@ -1,5 +1,6 @@
 """Markdown tables of `cmidps bench gmm` JSON files: the ranking with paired 95% intervals to the best
-method, and CMI+X against X, one column per setting.
+method, and CMI+X against X, one column per setting. Intervals: t_{0.975, n-1} sd / sqrt(n)
+(cmidps.bench.intervals); a verdict per paired difference ("too few to test" below 5 seeds).
 
     .venv/bin/python scripts/gmm_solvers_table.py docs/results/gmm_solvers_d80_m4.json docs/results/gmm_solvers_d8_m2.json
 """
@@ -22,8 +23,8 @@ def main(paths):
         s = summarize(out)
         print(f"\n### d={cfg['dim']}, m={cfg['meas']} ({len(cfg['seeds'])} seeds, {cfg['steps']} steps, "
               f"{cfg['samples']} samples)\n")
-        print("| rank | method | SW2 | SW2 - SW2(best), paired | ms/step | parameters |")
-        print("|---|---|---|---|---|---|")
+        print("| rank | method | SW2 | SW2 - SW2(best), paired | verdict | ms/step | parameters |")
+        print("|---|---|---|---|---|---|---|")
         for k, r in enumerate(s["ranking"], 1):
             m = r["method"]
             kw = rule_params(m, cfg)
@@ -33,13 +34,13 @@ def main(paths):
             ms = 1000 * s["methods"][m]["sec_per_step"]
             params = ", ".join(f"{a} {b:g}" for a, b in kw.items())
             print(f"| {k} | {m}{div} | {_ci(r['sw2'])} | {'+' if r['vs_best'][0] >= 0 else ''}{_ci(r['vs_best'])} "
-                  f"| {ms:.1f} | {params} |")
-        print(f"| | floor (exact vs exact) | {_ci(s['floor'])} | | | |")
-        print("\n| CMI+X vs X | wins / n | SW2(CMI+X) - SW2(X) | cost ratio |")
-        print("|---|---|---|---|")
+                  f"| {r['verdict']} | {ms:.1f} | {params} |")
+        print(f"| | floor (exact vs exact) | {_ci(s['floor'])} | | | | |")
+        print("\n| CMI+X vs X | wins / n | SW2(CMI+X) - SW2(X) | verdict | cost ratio |")
+        print("|---|---|---|---|---|")
         for x, p in s["paired"].items():
             print(f"| cmi+{x} vs {x} | {p['wins']}/{p['n']} | {p['diff'][0]:+.2f} ± {p['diff'][1]:.2f} "
-                  f"| {p['cost_ratio']:.2f}x |")
+                  f"| {p['verdict']} | {p['cost_ratio']:.2f}x |")
         t = cfg.get("tuning")
         if t:
             print("\nTuned on seeds", t["seeds"], "- chosen:",

@@ -232,15 +232,31 @@ def test_heldout_digits_and_labels():
 def test_report_statistics():
     from cmidps.bench.report import cmi_differences, mean_ci, summarize
 
-    mean, hw, n = mean_ci([1.0, 2.0, 3.0, 4.0])
-    assert (mean, n) == (2.5, 4) and hw == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
+    mean, hw, n = mean_ci([1.0, 2.0, 3.0, 4.0])  # Student t with 3 dof: t_{0.975,3} = 3.1824
+    assert (mean, n) == (2.5, 4) and hw == pytest.approx(3.1824 * np.std([1, 2, 3, 4], ddof=1) / 2, rel=1e-4)
     assert np.isnan(mean_ci([5.0])[1])
     recs = [{"task": "sr4", "method": m, "image": i, "seed": 0, "psnr": v}
             for m, vals in (("dps", [10.0, 12.0, 14.0]), ("cmi+dps", [11.0, 13.5, 14.5])) for i, v in enumerate(vals)]
     assert summarize(recs, ["psnr"])[("sr4", "dps")]["psnr"][0] == 12.0
     d = cmi_differences(recs, ["psnr"])[("sr4", "cmi+dps")]["psnr"]
     assert d[0] == pytest.approx(1.0) and d[2] == 3
-    assert d[1] == pytest.approx(1.96 * np.std([1.0, 1.5, 0.5], ddof=1) / np.sqrt(3))
+    assert d[1] == pytest.approx(4.3027 * np.std([1.0, 1.5, 0.5], ddof=1) / np.sqrt(3), rel=1e-4)
+
+
+def test_report_marks_only_testable_differences():
+    """A paired difference is starred only when its t interval excludes 0 and n >= 5; below 5 pairs the
+    table says "too few to test" instead, however large the difference."""
+    from cmidps.bench.report import cmi_differences, markdown_tables, summarize
+
+    def table(n, shift):
+        recs = [{"task": "sr4", "method": m, "image": i, "seed": 0, "psnr": 10.0 + i % 3 + (shift + 0.01 * i if m[:4] == "cmi+" else 0)}
+                for m in ("dps", "cmi+dps") for i in range(n)]
+        md = markdown_tables(summarize(recs, ["psnr"]), cmi_differences(recs, ["psnr"]), ["psnr"])
+        return [line for line in md.splitlines() if line.startswith("| sr4 | cmi+dps − dps |")][0]
+
+    assert table(4, 1.0) == "| sr4 | cmi+dps − dps | +1.01 ± 0.02 (too few to test) | 4 |"
+    assert table(6, 1.0) == "| sr4 | cmi+dps − dps | +1.02 ± 0.02 * | 6 |"
+    assert table(6, -0.025) == "| sr4 | cmi+dps − dps | +0.00 ± 0.02 | 6 |"  # includes 0: no star
 
 
 def _module_run(argv, **kw):

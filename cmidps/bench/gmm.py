@@ -33,6 +33,7 @@ import torch
 from ..cmi import CMIConfig, ESTIMATORS, ETA_SCHEDULES, KINV
 from ..commands.outputs import check_output_file, write_json
 from ..operators import DenseOperator
+from .intervals import interval
 from ..prior import GaussianMixturePrior
 from ..methods.drivers import DRIVERS, DRIVER_STEP_PARAM
 from ..methods.samplers import STEP_PARAM, make_rule
@@ -284,15 +285,15 @@ def run_benchmark(params: dict, methods: list[str], seeds: list[int], progress: 
 
 # --- summaries -------------------------------------------------------------------------------------
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width 1.96 sd / sqrt(n) of its 95% interval (0 for n < 2)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    m = sum(values) / n
-    if n < 2:
-        return m, 0.0
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, 1.96 * sd / math.sqrt(n)
+    """Mean and the half-width t_{0.975, n-1} sd / sqrt(n) of its 95% interval (``nan`` for n < 2):
+    :func:`cmidps.bench.intervals.interval`, the helper of every report."""
+    iv = interval(values)
+    return iv.mean, iv.half_width
+
+
+def _verdict(values: list[float]) -> str:
+    """'excludes 0', 'includes 0' or 'too few to test' (n < 5) for the paired differences ``values``."""
+    return interval(values).verdict
 
 
 def summarize(out: dict) -> dict:
@@ -319,6 +320,7 @@ def summarize(out: dict) -> dict:
         diffs = [bc[s] - bx[s] for s in common]
         paired[x] = {"wins": sum(d < 0 for d in diffs), "losses": sum(d > 0 for d in diffs),
                      "ties": sum(d == 0 for d in diffs), "n": len(common), "diff": mean_ci(diffs),
+                     "verdict": _verdict(diffs),
                      "cost_ratio": per[cx]["sec_per_step"] / per[x]["sec_per_step"]}
     return {"methods": per, "floor": mean_ci([f["sw2"] for f in out["floor"]]), "paired": paired,
             "ranking": ranking(by, per)}
@@ -336,7 +338,7 @@ def ranking(by: dict, per: dict) -> list[dict]:
         mine = {r["seed"]: r["sw2"] for r in by[m]}
         diffs = [mine[k] - best[k] for k in mine if k in best and mine[k] is not None and best[k] is not None]
         rows.append({"method": m, "sw2": per[m]["sw2"], "diverged": per[m]["diverged"], "vs_best": mean_ci(diffs),
-                     "n": len(diffs)})
+                     "n": len(diffs), "verdict": _verdict(diffs) if m != order[0] else ""})
     return rows
 
 
@@ -362,12 +364,12 @@ def format_table(out: dict) -> str:
         for x, p in s["paired"].items():
             dm, dci = p["diff"]
             lines.append(f"{'cmi+' + x + ' vs ' + x:<18} {p['wins']:>3}/{p['n']:<3} {dm:>+14.4f} +- {dci:<10.4f} "
-                         f"{p['cost_ratio']:>9.2f}x")
+                         f"{p['cost_ratio']:>9.2f}x  {p['verdict']}")
     lines.append(f"{'rank':<5} {'method':<16} {'SW2 - SW2(best) +- 95% (paired)':>32}")
     for k, r in enumerate(s["ranking"], 1):
         dm, dci = r["vs_best"]
         div = f" ({r['diverged']} diverged)" if r["diverged"] else ""
-        lines.append(f"{k:<5} {r['method']:<16} {dm:>+14.4f} +- {dci:<10.4f}{div}")
+        lines.append(f"{k:<5} {r['method']:<16} {dm:>+14.4f} +- {dci:<10.4f}{div}  {r['verdict']}")
     return "\n".join(lines)
 
 

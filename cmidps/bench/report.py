@@ -5,8 +5,9 @@ The input is a list of flat records (dicts), one per unit of measurement: for pe
 ``method`` and the metric values it carries; the other keys (``image``, ``seed``) identify the unit and
 pair a ``cmi+X`` record with its ``X`` record.
 
-* ``mean_ci(values)`` -> ``(mean, half_width, n)`` with half width ``1.96 sd / sqrt(n)`` (``sd`` with
-  ``n - 1``; ``nan`` for ``n < 2``);
+* ``mean_ci(values)`` -> ``(mean, half_width, n)`` with half width ``t_{0.975, n-1} sd / sqrt(n)`` (``sd``
+  with ``n - 1``; ``nan`` for ``n < 2``): :func:`cmidps.bench.intervals.interval`, the one helper of every
+  report; a difference over fewer than 5 units is reported as "too few to test";
 * ``summarize(records, metrics)`` -> ``{(task, method): {metric: (mean, hw, n)}}``;
 * ``cmi_differences(records, metrics, pair_keys)`` -> ``{(task, "cmi+X"): {metric: (mean, hw, n)}}``,
   the paired differences ``CMI+X − X`` over the units both methods have;
@@ -23,6 +24,7 @@ import math
 import os
 from pathlib import Path
 
+from .intervals import MIN_N, TOO_FEW, Interval, interval
 from .store import atomic_text
 
 SET_METRICS_FILE = "set_metrics.json"
@@ -41,9 +43,6 @@ METRIC_INFO = {
     "fdd": ("FDD (digit feat.)", False, ".3f"),
 }
 
-Z95 = 1.96
-
-
 def metric_label(name: str) -> str:
     label, higher, _ = METRIC_INFO.get(name, (name, True, ".4g"))
     return f"{label} {'↑' if higher else '↓'}"
@@ -60,17 +59,11 @@ def _fmt(name: str, v: float, sign: bool = False) -> str:
     return format(v, ("+" if sign else "") + spec)
 
 
-def mean_ci(values) -> tuple[float, float, int]:
-    """Mean, 95% half width ``1.96 sd / sqrt(n)`` (sample sd), and n. ``nan`` half width for n < 2."""
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    n = len(vals)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = math.fsum(vals) / n
-    if n < 2:
-        return mean, math.nan, n
-    var = math.fsum((v - mean) ** 2 for v in vals) / (n - 1)
-    return mean, Z95 * math.sqrt(var) / math.sqrt(n), n
+def mean_ci(values) -> Interval:
+    """Mean, 95% half width ``t_{0.975, n-1} sd / sqrt(n)`` (sample sd), and n, as an
+    :class:`~cmidps.bench.intervals.Interval` (unpacks as ``(mean, half_width, n)``). ``nan`` half
+    width for n < 2."""
+    return interval(values)
 
 
 def summarize(records, metrics) -> dict:
@@ -127,10 +120,13 @@ def best_per_task(summary: dict, metrics) -> set:
 
 
 def _cell(name, stat, bold=False, sign=False) -> str:
+    stat = stat if isinstance(stat, Interval) else Interval(*stat)
     mean, hw, n = stat
     text = _fmt(name, mean, sign) + ("" if math.isnan(hw) else f" ± {_fmt(name, hw)}")
-    if sign and not math.isnan(hw) and abs(mean) > hw:
+    if sign and stat.excludes_zero:
         text += " *"
+    elif sign and n < MIN_N:
+        text += f" ({TOO_FEW})"
     return f"**{text}**" if bold else text
 
 
@@ -146,7 +142,7 @@ def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=Non
     best = best_per_task(summary, metrics)
     lines = [f"# {title}", ""]
     lines += list(notes) + ([""] if notes else [])
-    lines += ["Mean ± 95% interval (1.96 sd / sqrt(n)); per-image metrics over images x seeds, set-level "
+    lines += ["Mean ± 95% interval (t_{0.975, n-1} sd / sqrt(n)); per-image metrics over images x seeds, set-level "
               "metrics (FID, KID, FDD) over seeds. **Bold**: best of its task.", ""]
     rows = []
     for key in _order(summary, tasks, methods):
@@ -158,8 +154,9 @@ def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=Non
     if diffs:
         lines += ["", "## CMI+X − X (paired)", "",
                   "Mean paired difference ± 95% interval over the units both methods have (the same image, "
-                  "seed, measurement and sampler noise). `*`: the interval excludes 0. For ↓ metrics a "
-                  "negative difference is an improvement.", ""]
+                  "seed, measurement and sampler noise). `*`: the interval excludes 0; with fewer than "
+                  f"{MIN_N} pairs no verdict ({TOO_FEW}). For ↓ metrics a negative difference is an improvement.",
+                  ""]
         rows = []
         for key in _order(diffs, tasks, methods):
             d = diffs[key]
