@@ -80,15 +80,17 @@ def image_format(path, modes=("L", "RGB")) -> str:
     fmt = Image.registered_extensions().get(ext)
     hint = "use .png (lossless)"
     if not ext:
-        raise OutputError(f"no file extension; {hint}")
+        raise OutputError(f"no file extension; {hint}")  # PIL picks the format by the extension
     if fmt is None or fmt not in Image.SAVE:
         common = [e for e in (".bmp", ".tif", ".tiff", ".webp", ".jpg") if Image.registered_extensions().get(e) in Image.SAVE]
-        raise OutputError(f"PIL cannot write {ext!r} files; {hint}" + (f", or {', '.join(common)}" if common else ""))
+        raise OutputError(f"PIL cannot write the extension {ext!r}; {hint}"
+                          + (f", or {', '.join(common)}" if common else ""))
     for mode in modes:
         try:
             Image.new(mode, (2, 2)).save(io.BytesIO(), format=fmt)
         except Exception as exc:  # PIL raises many kinds (OSError, KeyError, ValueError, ...)
-            raise OutputError(f"PIL cannot write {mode} images as {ext!r} ({fmt}: {exc}); {hint}") from None
+            raise OutputError(f"PIL cannot write {mode} images with the extension {ext!r} ({fmt}: {exc}); "
+                              f"{hint}") from None
     _FORMATS[key] = fmt
     return fmt
 
