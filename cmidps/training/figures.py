@@ -12,6 +12,7 @@ from pathlib import Path
 import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 import torch
 
+from ..commands.outputs import save_pil
 from ..diffusion import x0_from_eps
 from ..prior import from_model
 from .files import load_trained_prior, read_loss_csv
@@ -62,8 +63,7 @@ def save_image_grid(images01: torch.Tensor, path, nrow: int = 8, pad: int = 2, s
     im = Image.fromarray(arr)
     if scale != 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
+    save_pil(im, path)  # atomic, folder created
 
 
 def plot_loss_curve(csv_path, png_path, title: str = "cmidps mnist32: DDPM eps-MSE loss", smooth: int | None = None) -> None:
@@ -140,8 +140,7 @@ def plot_loss_curve(csv_path, png_path, title: str = "cmidps mnist32: DDPM eps-M
         dr.line([(lx, ly), (lx + 20, ly)], fill=col, width=3)
         dr.text((lx + 26, ly), label, fill="black", font=font, anchor="lm")
         ly += 18
-    Path(png_path).parent.mkdir(parents=True, exist_ok=True)
-    im.save(png_path)
+    save_pil(im, png_path)  # atomic, folder created
 
 
 def make_figures(model_dir, img_dir, prefix: str = "mnist32", n: int = 64, steps: int = 250, seed: int = 0,
