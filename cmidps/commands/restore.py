@@ -92,8 +92,9 @@ def register(sub) -> None:
     p.add_argument("--save-measurement", default=None, metavar="Y.png|DIR",
                    help="with --image: also write the simulated y (and Y_mask.png / Y_kernel.npy) so that "
                         "--measurement replays the run")
-    p.add_argument("--method", default="dps", help="dps, pigdm, mcg, dsg, ddnm, ddrm, diffpir, tmpd, daps, reddiff, "
-                                                   "or cmi+X")
+    p.add_argument("--method", default="dps", help="dps, pigdm, mcg, dsg, ddnm, ddnm_plus, ddnm_svd, ddrm, "
+                                                   "diffpir, tmpd, daps, reddiff; cmi+X turns CMI on for any "
+                                                   "of them but daps and reddiff (docs/solvers.md)")
     p.add_argument("--model", default="bundled:mnist32",
                    help="bundled:mnist32, an ADM .pt checkpoint (ffhq_10m.pt, 256x256_diffusion_uncond.pt), "
                         "or a diffusers UNet2DModel folder")
