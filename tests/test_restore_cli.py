@@ -35,13 +35,21 @@ def test_measure_is_seeded_per_task_and_item():
 
 
 def test_restore_does_not_depend_on_the_batch(tiny_model):
-    prior = load_prior(str(tiny_model))
-    x = torch.rand(2, 1, 16, 16)
+    """With CMI on (and shown to act) on a network whose eps depends on x, the second image of a batch
+    of two is restored as it is alone (float64, so that the batch and the single run agree to rounding)."""
+    from cmidps.cmi import CMIConfig
+
+    prior = load_prior(str(tiny_model)).double()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     op, y = measure(x, "deblur_gauss", seed=0)
-    both = restore(prior, op, y, "cmi+dps", steps=3, seed=1, progress=False)
-    second = restore(prior, op, y[1:], "cmi+dps", steps=3, seed=1, items=[1], progress=False)
-    assert both.shape == (2, 1, 16, 16) and both.min() >= 0 and both.max() <= 1
-    torch.testing.assert_close(second, both[1:], atol=1e-5, rtol=1e-5)
+    cmi = CMIConfig(eta=0.05)
+    kw = dict(steps=3, seed=1, progress=False)
+    both = restore(prior, op, y, "cmi+dps", cmi=cmi, **kw)
+    second = restore(prior, op, y[1:], "cmi+dps", items=[1], cmi=cmi, **kw)
+    assert both.shape == (2, 1, 16, 16) and (both[0] - both[1]).abs().max() > 0.05
+    torch.testing.assert_close(second, both[1:], atol=1e-9, rtol=1e-9)
+    # CMI really acts here: the same run without it differs
+    assert (both - restore(prior, op, y, "dps", **kw)).abs().max() > 1e-4
 
 
 def test_restore_rejects_a_shape_mismatch(tiny_model):
@@ -59,6 +67,12 @@ def test_cli_restore_writes_the_image_and_grid(tiny_model, digit_png, tmp_path):
     assert rc == 0
     assert Image.open(out).size == (16, 16)
     assert Image.open(grid).size[0] > 3 * 16
+    # --cmi lowrank --eta 0.05 acted: the same command without them writes another image
+    plain = tmp_path / "plain.png"
+    assert main(["restore", "--image", str(digit_png), "--task", "sr4", "--method", "dps", "--model", str(tiny_model),
+                 "--steps", "3", "--seed", "0", "--out", str(plain), "--quiet"]) == 0
+    diff = np.abs(np.asarray(Image.open(out), float) - np.asarray(Image.open(plain), float))
+    assert diff.max() >= 2, diff.max()
 
 
 def _restore_args(tiny_model, digit_png, tmp_path, **over):
