@@ -38,17 +38,27 @@ def test_the_readme_has_commands():
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_parses_and_its_inputs_exist(command):
     args = build_parser().parse_args(shlex.split(command))
-    names = ("image", "model") if command.startswith("train ") else ("image", "data", "model")  # train's --data is a name
+    names = ("image", "model") if command.startswith("train ") else \
+        ("image", "data", "model", "measurement", "mask", "kernel", "truth")  # train's --data is a name
     for name in names:
         value = getattr(args, name, None)
         if value and value != "heldout" and not str(value).startswith("bundled:"):
             assert (ROOT / value).exists(), f"{command}: {value} is not in the repository"
 
 
-def test_the_restore_example_runs_verbatim(tmp_path, monkeypatch):
-    (tmp_path / "cmidps").symlink_to(ROOT / "cmidps")  # the example's relative input path
+def test_the_restore_examples_run_verbatim(tmp_path, monkeypatch):
+    """The first restore command (a user's own measurement) and the first with --image (the benchmark
+    case) run as written and write only under their output folder."""
+    for name in ("cmidps", "docs"):  # the examples' relative input paths
+        (tmp_path / name).symlink_to(ROOT / name)
     monkeypatch.chdir(tmp_path)
-    restore = next(c for c in COMMANDS if c.startswith("restore "))
-    assert main(shlex.split(restore)) == 0
-    args = build_parser().parse_args(shlex.split(restore))
-    assert Path(args.out).is_file() and Path(args.grid).is_file()
+    first = next(c for c in COMMANDS if c.startswith("restore "))
+    simulated = next(c for c in COMMANDS if c.startswith("restore ") and "--image" in c)
+    for restore in (first, simulated):
+        assert main(shlex.split(restore)) == 0
+        args = build_parser().parse_args(shlex.split(restore))
+        for out in (args.out, args.grid):
+            if out:
+                assert Path(out).is_file() and Path(out).parts[0] == "restore_out", out
+        assert Path(args.out).with_suffix(".json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmidps", "docs", "restore_out"]
