@@ -144,6 +144,30 @@ def test_resume_after_interrupt_and_torn_line(reference, tiny_model, data_dir, t
     assert restored == [] and (out / "table.md").is_file()
 
 
+def test_report_only_writes_the_report_and_runs_no_job(tiny_model, data_dir, tmp_path, monkeypatch):
+    """--report-only on an interrupted run: the report of the jobs done (marked incomplete), no restoration."""
+    out = tmp_path / "run"
+    seen = []
+
+    def stop_after_4(rec):
+        seen.append(rec)
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_images(_args(tiny_model, data_dir, out), on_job=stop_after_4)
+    (out / "table.md").unlink(missing_ok=True)
+    restored = []
+    real_restore = bench.restore
+    monkeypatch.setattr(bench, "restore", lambda *a, **kw: restored.append(a) or real_restore(*a, **kw))
+    assert run_images(_args(tiny_model, data_dir, out, "--report-only")) == 0
+    assert restored == [] and len(_lines(out / "results.jsonl")) == 4
+    md = (out / "table.md").read_text()
+    assert f"Incomplete: {N_JOBS - 4} of {N_JOBS} jobs are not done yet" in md
+    assert run_images(_args(tiny_model, data_dir, out)) == 0  # without it the missing jobs run
+    assert len(restored) > 0 and len(_lines(out / "results.jsonl")) == N_JOBS
+
+
 def test_batch_size_does_not_change_results(reference, tiny_model, data_dir, tmp_path):
     out = tmp_path / "b1"
     assert run_images(_args(tiny_model, data_dir, out, "--batch", "1")) == 0

