@@ -160,6 +160,21 @@ def test_a_folder_is_batched_resumable_and_summarised(tiny_model, tmp_path, caps
     assert _run(*argv, "--seed", 5) == 2
 
 
+def test_a_saved_folder_replays_with_its_own_side_files(tiny_model, digit_png, tmp_path):
+    """--image DIR --save-measurement YDIR writes NAME.png + NAME_mask.png; YDIR is then both the
+    measurement and the mask folder (the _mask files are not taken as measurements)."""
+    (tmp_path / "x").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "x" / f"{name}.png").write_bytes(digit_png.read_bytes())
+    common = ["--task", "inpaint_box", "--model", tiny_model, "--steps", 2]
+    assert _run("--image", tmp_path / "x", "--save-measurement", tmp_path / "y", "--out", tmp_path / "sim", *common) == 0
+    assert sorted(p.name for p in (tmp_path / "y").iterdir()) == ["a.png", "a_mask.png", "b.png", "b_mask.png"]
+    assert _run("--measurement", tmp_path / "y", "--mask", tmp_path / "y", "--out", tmp_path / "rep", *common) == 0
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == ["a.png", "b.png"]
+    rec = json.loads((tmp_path / "rep" / "b.json").read_text())
+    assert rec["options"]["mask"].endswith("b_mask.png") and rec["resolved"]["item"] == "b.png"
+
+
 def test_config_reruns_a_record_with_overrides(tiny_model, digit_png, tmp_path):
     assert _run("--image", digit_png, "--task", "sr4", "--model", tiny_model, "--steps", 2, "--seed", 1,
                 "--out", tmp_path / "a.png") == 0

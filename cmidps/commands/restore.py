@@ -233,17 +233,24 @@ def list_images(folder: Path) -> list[Path]:
     from ..data.images import IMAGE_SUFFIXES
 
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+                  and not p.name.startswith(".") and not p.stem.endswith(SIDE_SUFFIXES))
+
+
+SIDE_SUFFIXES = ("_mask", "_kernel")  # NAME_mask.png, NAME_kernel.npy: side files, never measurements
 
 
 def match_file(folder: Path, stem: str, suffixes, what: str) -> Path:
-    """The file of ``stem`` in ``folder`` (any of ``suffixes``), or a ``RestoreError`` naming ``what``."""
-    for suffix in suffixes:
-        for cand in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
-            if cand.is_file():
-                return cand
+    """The file of ``stem`` in ``folder``: ``STEM_mask.*`` / ``STEM_kernel.*`` (as --save-measurement
+    writes them) first, then ``STEM.*``; any of ``suffixes``. Else a ``RestoreError`` naming ``what``."""
+    side = "_kernel" if what == "--kernel" else "_mask" if what == "--mask" else None
+    names = ([stem + side] if side else []) + [stem]
+    for name in names:
+        for suffix in suffixes:
+            for cand in (folder / f"{name}{suffix}", folder / f"{name}{suffix.upper()}"):
+                if cand.is_file():
+                    return cand
     raise RestoreError(f"{what} folder {str(folder)!r} has no file for {stem!r} (looked for "
-                       f"{', '.join(stem + s for s in suffixes)})")
+                       f"{', '.join(n + s for n in names for s in suffixes)})")
 
 
 def read_mask(path, shape) -> "torch.Tensor":
@@ -746,7 +753,10 @@ def _restore_batch(ctx: dict, batch: list[Item]) -> None:
             sigma_y = preset.sigma_y if args.sigma_y is None else float(args.sigma_y)
     if any(it.truth is not None for it in batch):
         truth = torch.stack([load_image(it.truth, shape, convert=convert) for it in batch]).to(device)
-    params = step_params(args)
+    from . import options
+
+    # the step sizes given on the command line: per method (--step METHOD=VALUE) where offered
+    params = options.method_params(args, ctx["method"]) if hasattr(options, "method_params") else step_params(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PresetStepsWarning)
         out = restore(prior, op, y, ctx["method"], steps=ctx["steps"], seed=args.seed, sigma_y=sigma_y,
