@@ -65,6 +65,26 @@ def positive_batch(text) -> int:
 def register(sub) -> None:
     """Add ``restore`` to the ``cmidps`` subparsers (``func=run``)."""
     global _PARSER
+    base = sub._parser_class
+
+    class _RecordingParser(base):
+        """The restore parser, keeping the arguments it parsed (``args.restore_argv``): the run record's
+        command line, and the base that ``--config`` re-parses over."""
+
+        def parse_known_args(self, args=None, namespace=None):
+            ns, extras = super().parse_known_args(args, namespace)
+            ns.restore_argv = list(sys.argv[2:] if args is None else args)
+            return ns, extras
+
+    sub._parser_class = _RecordingParser
+    try:
+        p = _add_parser(sub)
+    finally:
+        sub._parser_class = base
+    _PARSER = p
+
+
+def _add_parser(sub):
     from ..operators import TASKS
 
     p = sub.add_parser(
@@ -130,11 +150,11 @@ def register(sub) -> None:
     add_cmi_arguments(p)
     p.set_defaults(func=run, interrupted="interrupted: restore writes each image and its record only when "
                                          "done, so nothing partial was written (a rerun of a folder resumes)")
-    _PARSER = p
+    return p
 
 
 # Option names that are not settings of a run (left out of the record's "options").
-_NOT_SETTINGS = {"func", "interrupted", "config", "argv", "command", "help", "quiet"}
+_NOT_SETTINGS = {"func", "interrupted", "config", "argv", "restore_argv", "command", "help", "quiet"}
 
 
 def _option_names() -> list[str]:
@@ -182,12 +202,12 @@ def load_config(path) -> dict:
 def apply_config(args) -> argparse.Namespace:
     """``args`` with the options of ``--config`` as defaults, the command line's own options on top."""
     cfg = load_config(args.config)
-    argv = list(getattr(args, "argv", None) or [])
-    if "restore" not in argv:
+    argv = getattr(args, "restore_argv", None)
+    if argv is None:
         raise RestoreError("--config needs the command line (run it as 'cmidps restore --config FILE ...')")
     ns = argparse.Namespace(**cfg)
-    new = _PARSER.parse_args(argv[argv.index("restore") + 1:], namespace=ns)
-    new.argv = argv
+    new = _PARSER.parse_args(argv, namespace=ns)
+    new.restore_argv = argv
     for action in _PARSER._actions:  # values from the file go through the same types and choices
         if action.dest in cfg and cfg[action.dest] is not None and action.type is not None \
                 and isinstance(cfg[action.dest], str) and getattr(new, action.dest) is cfg[action.dest]:
@@ -637,8 +657,8 @@ def run(args) -> int:
 
 
 def _command(args) -> str:
-    argv = getattr(args, "argv", None)
-    return "cmidps " + shlex.join(argv) if argv else "cmidps restore (Python call)"
+    argv = getattr(args, "restore_argv", None)
+    return "cmidps restore " + shlex.join(argv) if argv is not None else "cmidps restore (Python call)"
 
 
 def _read_record(path: Path) -> dict | None:
