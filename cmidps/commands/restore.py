@@ -585,7 +585,6 @@ def run(args) -> int:
     items, folder = plan(args)
     check_outputs(args, items, folder)
     device = resolve_device(args.device)
-    from ..methods.drivers import DRIVERS  # noqa: F401  (imports before the model: fail early)
     from ..restore import parse_method
 
     base, use_cmi = parse_method(args.method)
