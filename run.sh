@@ -49,7 +49,9 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; th
   [ -n "${CMIDPS_TORCH_INDEX:-}" ] && INDEX=(--index-url "$CMIDPS_TORCH_INDEX")
   have=$(.venv/bin/python -c "import torch; print('cuda' if torch.version.cuda else 'cpu')" 2>/dev/null || echo none)
   if ! {
-    if [ "$have" != "none" ] && [ "$have" != "$TORCH_BUILD" ]; then
+    # replace a CPU build by a CUDA one; a CUDA build by a CPU one only from an index that has one
+    if [ "$have" = cpu ] && [ "$TORCH_BUILD" = cuda ] ||
+       { [ "$have" = cuda ] && [ "$TORCH_BUILD" = cpu ] && [ -n "${CMIDPS_TORCH_INDEX:-}" ]; }; then
       echo "replacing the $have build of torch" >&2; .venv/bin/pip uninstall -y -q torch
     fi
     .venv/bin/pip install -q ${INDEX[@]+"${INDEX[@]}"} "$TORCH_SPEC" &&
@@ -62,6 +64,10 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; th
   if [ "$TORCH_BUILD" = "cuda" ] && [[ "$got" == *"CPU build"* ]]; then
     echo "warning: a CUDA build was asked for but pip chose a CPU build (a CPU wheel in pip's find-links " \
          "ranks first); set CMIDPS_TORCH_INDEX to an index of CUDA wheels, or PIP_FIND_LINKS= to ignore it" >&2
+  fi
+  if [ "$TORCH_BUILD" = "cpu" ] && [[ "$got" == *"CUDA"* ]]; then
+    echo "note: this torch is a CUDA build (PyPI's Linux wheels are); it runs on the CPU as well. For the " \
+         "smaller CPU-only build set CMIDPS_TORCH_INDEX to an index of CPU wheels (e.g. PyTorch's own)" >&2
   fi
   echo "$WANT" > "$STAMP"
 fi
