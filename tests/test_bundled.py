@@ -46,9 +46,20 @@ def test_demo_command_writes_grid_and_metrics(tmp_path):
 
     from cmidps.cli import main
 
-    assert main(["demo", "--out", str(tmp_path), "--steps", "3", "--images", "2", "--quiet"]) == 0
+    import math
+    from pathlib import Path
+
+    assert main(["demo", "--out", str(tmp_path), "--steps", "3", "--images", "4", "--quiet"]) == 0
     rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
     assert {(r["task"], r["method"]) for r in rows} == {(t, m) for t in TASKS for m in ("dps", "cmi+dps", "pinv")}
-    assert all(r["psnr"] == r["psnr"] and 0 <= r["ssim"] <= 1 for r in rows)  # finite
+    assert all(math.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 for r in rows)
+    by = {(r["task"], r["method"]): r for r in rows}
+    assert any(by[(t, "cmi+dps")]["psnr"] != by[(t, "dps")]["psnr"] for t in TASKS)  # CMI acts
+    # the pseudo-inverse floor does not depend on the step count: the committed demo's values (same four
+    # digits, same seeded measurements, 100 steps; docs/results/demo_metrics.json) are reproduced
+    ref = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "demo_metrics.json").read_text())
+    for r in ref["rows"]:
+        if r["method"] == "pinv":
+            assert by[(r["task"], "pinv")]["psnr"] == pytest.approx(r["psnr"], abs=1e-4), r["task"]
     w, h = Image.open(tmp_path / "grid.png").size
     assert w > 4 * 32 * 4 and h > 5 * 32 * 4  # 4 columns and 5 task rows at 4x scale

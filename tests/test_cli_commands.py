@@ -50,7 +50,9 @@ def test_every_command_is_covered():
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_command_exits_0_through_main(command, tmp_path, tiny_model, capsys):
+def test_command_exits_0_through_main_smoke(command, tmp_path, tiny_model, capsys):
+    """Smoke test: every command runs through the entry point. What their options do is checked with
+    values in tests/test_option_effects.py and the commands' own test files."""
     assert main(_argv(command, tmp_path, tiny_model)) == 0
     assert "Traceback" not in capsys.readouterr().err
     if command == ("bench", "gmm"):

@@ -174,9 +174,10 @@ def test_frozen_conv_path_matches_torch_convolutions():
         torch.testing.assert_close(f, n, rtol=1e-10, atol=1e-12)
 
 
-def test_frozen_conv_counts_one_convolution_per_double_backward():
-    """A double backward through a frozen convolution: torch's own runs three convolution-sized ops
-    (one of them weight-gradient-shaped, for weights that need no gradient); the frozen path two."""
+def test_frozen_conv_runs_fewer_convolutions_per_double_backward():
+    """A double backward through a frozen convolution: the frozen path runs fewer convolution-sized ops
+    than torch's own (which also runs a weight-gradient-shaped one for weights that need no gradient;
+    2 against 3 with torch 2.13; the exact counts depend on the torch version, the ordering does not)."""
     from cmidps.models.unet import Conv2d
 
     conv = Conv2d(4, 4, 3, stride=2, padding=1).to(D).requires_grad_(False)
@@ -191,7 +192,8 @@ def test_frozen_conv_counts_one_convolution_per_double_backward():
 
     frozen = count()
     conv.requires_grad_(True)
-    assert (frozen, count()) == (2, 3)
+    native = count()
+    assert 1 <= frozen < native, (frozen, native)
 
 
 # --- mixed precision: the network in bfloat16, the CMI probes and K^-1 in float32 -----------------
@@ -240,8 +242,8 @@ def test_sample_with_bf16_network_runs_and_stays_close():
     out = {}
     for amp in (None, torch.bfloat16):
         out[amp] = sample(prior, op, y, make_rule("dps", zeta=0.3), 4, torch.Generator().manual_seed(0),
-                          cmi=CMIConfig(eta=1e-3), cmi_generator=torch.Generator().manual_seed(1), progress=False,
-                          amp=amp)
+                          cmi=CMIConfig(eta=1e-3, grad="autodiff"), cmi_generator=torch.Generator().manual_seed(1),
+                          progress=False, amp=amp)
     assert out[torch.bfloat16].dtype == torch.float32 and torch.isfinite(out[torch.bfloat16]).all()
     diff = (out[torch.bfloat16] - out[None]).norm() / out[None].norm()
     assert 0 < diff < 0.1

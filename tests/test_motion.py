@@ -266,10 +266,24 @@ def _restore(tiny_model, tmp_path, *extra, task="deblur_motion"):
                  "--steps", "1", "--out", str(tmp_path / "o.png"), *extra])
 
 
-def test_cli_restore_with_a_kernel_file(tiny_model, tmp_path):
-    np.save(tmp_path / "k.npy", asymmetric_kernel().numpy())
+def test_cli_restore_with_a_kernel_file(tiny_model, tmp_path, monkeypatch):
+    """--kernel is the blur that is measured with, and --kernel-as-dps flips it (an asymmetric kernel:
+    another measurement)."""
+    import cmidps.restore as restore_mod
+
+    seen = []
+    real = restore_mod.restore
+    monkeypatch.setattr(restore_mod, "restore", lambda prior, op, y, *a, **k: seen.append((op, y)) or real(prior, op, y, *a, **k))
+    k = asymmetric_kernel()
+    np.save(tmp_path / "k.npy", k.numpy())
     assert _restore(tiny_model, tmp_path, "--kernel", str(tmp_path / "k.npy"), "--kernel-as-dps") == 0
     assert (tmp_path / "o.png").exists()
+    assert _restore(tiny_model, tmp_path, "--kernel", str(tmp_path / "k.npy")) == 0
+    (op_flip, y_flip), (op_plain, y_plain) = seen
+    kk = (k / k.sum()).to(op_plain.kernel.dtype)
+    torch.testing.assert_close(op_plain.kernel, kk)
+    torch.testing.assert_close(op_flip.kernel, kk.flip(-1, -2))
+    assert (y_flip - y_plain).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("case, message", [
