@@ -46,6 +46,13 @@ def files(tmp_path_factory, tiny_model, digit_png):
     (root / "data_int32").mkdir()
     Image.fromarray(np.full((16, 16), 70000, np.int32)).save(root / "data_int32" / "i.tif")
     np.save(root / "huge.npy", np.full((3, 3), 1e308))
+    (root / "data_alpha").mkdir()
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:12, 7:9] = 255  # an opaque stroke on a transparent background (it would load all black)
+    Image.fromarray(rgba, "RGBA").save(root / "data_alpha" / "a.png")
+    (root / "data_frames").mkdir()
+    frames = [Image.fromarray(np.full((16, 16), v, np.uint8)) for v in (0, 200)]
+    frames[0].save(root / "data_frames" / "pages.tif", save_all=True, append_images=frames[1:])
     return root
 
 
@@ -61,6 +68,11 @@ def _snapshot(folder) -> dict:
             with open(path, "rb") as f:
                 out[os.path.relpath(path, folder)] = f.read()
     return out
+
+
+def _restore(files, out, *extra, image=None):
+    return ["restore", "--image", str(image or files / "digit.png"), "--task", "sr4", "--model", str(files / "tiny"),
+            "--steps", "2", "--quiet", "--out", str(out), *extra]
 
 
 def _bench(files, data, out, *extra):
@@ -92,6 +104,13 @@ def _data_in_out(work, files):
 # name: (setup(work, files) or None, argv(work, files), expected message)
 CASES = {
     # 1. nothing of the user's is overwritten
+    "restore_out_is_the_image": (None, lambda w, f: _restore(f, f / "digit.png"), r"--out .* is the input --image"),
+    "restore_out_links_to_the_image": (lambda w, f: (w / "link.png").symlink_to(f / "digit.png"),
+                                       lambda w, f: _restore(f, w / "link.png"), r"--out .* is the input --image"),
+    "restore_out_is_the_grid": (None, lambda w, f: _restore(f, w / "r.png", "--grid", str(w / "." / "r.png")),
+                                r"--out .*--grid .*same file"),
+    "restore_out_extension_pil_cannot_write": (None, lambda w, f: _restore(f, w / "r.xyz"), r"--out .*extension"),
+    "restore_out_is_a_folder": (None, lambda w, f: _restore(f, str(w) + "/"), r"--out"),
     "demo_out_not_empty": (
         lambda w, f: (w / "demo").mkdir() or (w / "demo" / "grid.png").write_bytes(b"the user's grid"),
         lambda w, f: ["demo", "--out", str(w / "demo"), "--steps", "1", "--images", "1", "--quiet"],
@@ -143,6 +162,12 @@ CASES = {
     "bench_float_tiff_out_of_range": (None, lambda w, f: _bench(f, f / "data_float", w / "b"),
                                       r"floating-point TIFF.*\[0, 1\]"),
     "bench_int32_tiff": (None, lambda w, f: _bench(f, f / "data_int32", w / "b"), r"32-bit integer TIFF"),
+    "bench_transparent_png": (None, lambda w, f: _bench(f, f / "data_alpha", w / "b"), r"a\.png has transparent"),
+    "bench_multi_page_tiff": (None, lambda w, f: _bench(f, f / "data_frames", w / "b"), r"2 frames"),
+    "restore_transparent_png": (None, lambda w, f: _restore(f, w / "r.png", "--to-gray",
+                                                            image=f / "data_alpha" / "a.png"), r"transparent"),
+    "restore_truncated_png": (None, lambda w, f: _restore(f, w / "r.png", image=f / "data_trunc" / "b.png"),
+                              r"truncated"),
     "kernel_of_huge_values": (
         None, lambda w, f: ["restore", "--image", str(f / "digit.png"), "--task", "deblur_gauss", "--model",
                             str(f / "tiny"), "--kernel", str(f / "huge.npy"), "--steps", "2", "--quiet", "--out",
@@ -325,6 +350,21 @@ def test_float_tiff_in_unit_range_is_kept_and_others_refused(tmp_path):
     Image.fromarray(ramp * 255).save(tmp_path / "f255.tif")
     with pytest.raises(ImageError, match="floating-point TIFF"):
         load_image(tmp_path / "f255.tif", (1, 16, 16))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    arr = np.arange(8 * 16, dtype=np.uint8).reshape(8, 16)  # 16 wide, 8 high
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    im.save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    assert load_image(tmp_path / "phone.jpg").shape == (1, 16, 8)
+
+
+def test_restore_writes_a_tif(files, tmp_path, capsys):
+    assert main(_restore(files, tmp_path / "r.tif")) == 0
+    assert Image.open(tmp_path / "r.tif").format == "TIFF"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.tif"]
 
 
 def test_kernel_of_tiny_values_still_normalises(tmp_path):

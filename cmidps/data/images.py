@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from ..errors import InputError
 
@@ -37,10 +37,11 @@ def check_channels(path, mode: str, c: int, convert: bool) -> None:
 
 def open_image(path) -> Image.Image:
     """Open and fully decode an image file (a truncated or corrupt file is an :class:`ImageError` here,
-    not later). Images of more than 8 bits per sample are returned as mode ``"F"`` with values in
-    [0, 1]: 16-bit integers (PNG, TIFF) divided by 65535, float images (TIFF) kept as they are if every
-    value lies in [0, 1]; other value ranges (32-bit integers, floats outside [0, 1]) are refused with
-    an error naming the format."""
+    not later), turned as its EXIF orientation says; a multi-frame file or one with transparent pixels
+    is refused (which frame, and what lies behind, is not known). Images of more than 8 bits per sample
+    are returned as mode ``"F"`` with values in [0, 1]: 16-bit integers (PNG, TIFF) divided by 65535,
+    float images (TIFF) kept as they are if every value lies in [0, 1]; other value ranges (32-bit
+    integers, floats outside [0, 1]) are refused with an error naming the format."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -50,6 +51,18 @@ def open_image(path) -> Image.Image:
     except Exception as exc:  # PIL raises many kinds
         raise ImageError(f"cannot read {path} as an image: {exc}") from None
     fmt = img.format or path.suffix.lstrip(".").upper()
+    if getattr(img, "n_frames", 1) > 1:
+        raise ImageError(f"{path}: a {fmt} file of {img.n_frames} frames (pages or animation); cmidps reads "
+                         f"single images: save the frame you mean as its own file")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        alpha = np.asarray(img.convert("RGBA").getchannel("A"))
+        if alpha.min() < 255:
+            raise ImageError(f"{path} has transparent pixels (alpha down to {int(alpha.min())}); what lies "
+                             f"behind them is not in the file: flatten it onto a background first")
+    try:
+        img = ImageOps.exif_transpose(img)  # the orientation a viewer shows (phone photos)
+    except Exception as exc:  # a broken EXIF block
+        raise ImageError(f"cannot read {path} as an image: its EXIF orientation is unreadable ({exc})") from None
     if img.mode.startswith("I;16") or (img.mode == "I" and fmt == "PNG"):  # PNG holds at most 16 bits
         arr = np.asarray(img, dtype=np.float64) / 65535.0
         return Image.fromarray(arr.astype(np.float32), "F")
