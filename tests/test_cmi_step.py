@@ -112,17 +112,21 @@ def _run_checked(name: str, params: dict, cfg: CMIConfig, steps: int = 6):
     checked = []
 
     def checking(s):
-        out = rule(s)
-        assert s.cmi_objective is not None  # CMI is on at every step here
+        # CMI is on at every step here (autodiff: an objective; difference paths: their own object)
+        assert s.cmi_objective is not None or getattr(s, "cmi_fd", None) is not None
         abar = _abar(s.c.t)
         assert s.c.abar == pytest.approx(abar, rel=1e-12)
         eta_t = cfg.eta if cfg.eta_schedule == "constant" else cfg.eta * (1.0 - abar)
         drift = eta_t * _grad_I(s.x_t, abar, A, cfg.kinv, mix)
-        plain = dataclasses.replace(s, cmi_objective=None, _x_prop=None)
+        # the same step without CMI (first: the difference paths free the step's graph in the rule)
+        off = {"cmi_objective": None, "_x_prop": None}
+        off.update({f: None for f in ("cmi_fd",) if f in {x.name for x in dataclasses.fields(s)}})
+        plain = dataclasses.replace(s, **off)
         if name in ON_PROPOSAL:
             expected = rule(dataclasses.replace(plain, x_prop_base=s.x_prop_base + drift))
         else:
             expected = rule(plain) + drift
+        out = rule(s)
         scale = float(drift.abs().max())
         err = float((out - expected).abs().max())
         checked.append((s.c.i, scale, err / max(scale, 1e-300)))
