@@ -92,7 +92,8 @@ def test_cmi_with_eta_zero_is_exactly_the_baseline():
     assert not torch.allclose(base, some)
 
 
-@pytest.mark.parametrize("cmi", [None, CMIConfig(eta=0.1), CMIConfig(eta=0.1, kinv="cg", cg_iters=3)])
+@pytest.mark.parametrize("cmi", [None, CMIConfig(eta=0.1, grad="autodiff"),
+                                 CMIConfig(eta=0.1, kinv="cg", cg_iters=3, grad="autodiff")])
 def test_one_network_evaluation_per_step(cmi):
     prior = GaussianMixturePrior.mcgdiff(4, torch.Generator().manual_seed(0))
     op = DenseOperator(torch.randn(2, 4, generator=torch.Generator().manual_seed(1), dtype=D))
@@ -127,7 +128,7 @@ def test_fused_guided_step_equals_the_unfused_one():
     prior = GaussianMixturePrior.mcgdiff(8, torch.Generator().manual_seed(0))
     op = DenseOperator(torch.randn(3, 8, generator=torch.Generator().manual_seed(1), dtype=D))
     y = torch.randn(1, 3, generator=torch.Generator().manual_seed(2), dtype=D)
-    kw = dict(steps=15, sigma_y=0.5, batch=8, progress=False, cmi=CMIConfig(eta=0.2, probes=2))
+    kw = dict(steps=15, sigma_y=0.5, batch=8, progress=False, cmi=CMIConfig(eta=0.2, probes=2, grad="autodiff"))
     two_pass = lambda s: s.x_prop - 0.4 * s.grad_residual_norm()  # noqa: E731
     a = sample(prior, op, y, make_rule("dps", zeta=0.4), generator=torch.Generator().manual_seed(3),
                cmi_generator=torch.Generator().manual_seed(4), **kw)
