@@ -152,11 +152,22 @@ CASES = {
                              r"--json .*is a folder"),
     "gmm_json_not_writable": (None, lambda w, f: ["bench", "gmm", "--seeds", "0", "--methods", "dps", "--json",
                                                   "/proc/cmidps_test/r.json"], r"--json .*cannot write"),
+    "gmm_json_is_a_users_other_file": (
+        lambda w, f: (w / "notes.json").write_text('{"my": "notes"}'),
+        lambda w, f: ["bench", "gmm", "--seeds", "0", "--methods", "dps", "--json", str(w / "notes.json")],
+        r"--json .*not an output of this command"),
+    "gmm_json_name_too_long": (None, lambda w, f: ["bench", "gmm", "--seeds", "0", "--methods", "dps", "--json",
+                                                   str(w / ("x" * 250 + ".json"))], r"--json .*too long"),
+    "bench_out_is_the_model_folder": (None, lambda w, f: _bench(f, f / "data", f / "tiny", "--force"),
+                                      r"--out .* is the input --model"),
     "speed_json_is_a_folder": (None, lambda w, f: ["bench", "speed", "--model", str(f / "tiny"), "--json", str(w)],
                                r"--json .*is a folder"),
     "speed_json_into_the_model": (
-        None, lambda w, f: ["bench", "speed", "--model", str(f / "tiny"), "--json", str(f / "tiny" / "model.safetensors")],
+        None, lambda w, f: ["bench", "speed", "--model", str(f / "tiny"), "--json", str(f / "tiny" / "speed.json")],
         r"--json .*input folder --model"),
+    "speed_json_is_the_weights": (
+        None, lambda w, f: ["bench", "speed", "--model", str(f / "tiny"), "--json", str(f / "tiny" / "model.safetensors")],
+        r"--json .*(not an output of this command|input folder --model)"),
     # 3. no silent wrong result on inputs
     "bench_truncated_image": (None, lambda w, f: _bench(f, f / "data_trunc", w / "b"), r"b\.png.*truncated"),
     "bench_float_tiff_out_of_range": (None, lambda w, f: _bench(f, f / "data_float", w / "b"),
@@ -290,6 +301,19 @@ def test_speed_keeps_the_units_measured_before_a_late_failure(files, tmp_path, c
 
 
 # --- the checks and writers themselves ------------------------------------------------------------------
+def test_a_full_disk_is_one_error_and_keeps_the_old_file(tmp_path):
+    import errno
+
+    path = tmp_path / "a.json"
+    write_json(path, {"old": 1})
+    with pytest.raises(OutputError, match="could not write .*No space left.*previous file is unchanged"):
+        with atomic_open(path) as f:
+            f.write("{")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
 def test_atomic_writer_keeps_the_old_file_on_ctrl_c(tmp_path):
     path = tmp_path / "a.json"
     write_json(path, {"old": 1})

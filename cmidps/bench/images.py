@@ -272,7 +272,8 @@ def _check_out(args) -> None:
     nor inside it nor holding it, and not a folder that holds files of the names this bench writes
     without being a bench run (no ``config.json``) unless ``--force`` (which moves them aside)."""
     out = check_output_folder(args.out, "--out")
-    check_distinct({}, folders={"--out": out},
+    model = args.model if Path(str(args.model)).expanduser().exists() else None  # a local file or folder
+    check_distinct({}, {"--model": model}, folders={"--out": out},
                    input_folders={"--data": None if str(args.data) == "heldout" else args.data})
     if not (out / CONFIG).is_file() and not args.force and not args.report_only:
         stray = stray_outputs(out, OUTPUTS)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..cmi import CMIConfig
-from ..commands.outputs import check_distinct, check_output_file, write_json
+from ..commands.outputs import check_distinct, check_output_file, is_json_with, write_json
 from ..methods.drivers import DRIVERS
 from ..restore import measure, parse_method
 from ..methods.samplers import make_rule
@@ -309,7 +309,7 @@ def format_table(res: dict) -> str:
 def run_speed(args) -> int:
     from ..models.loading import load_prior
 
-    check_output_file(args.json, "--json")  # before any work: a bad path must not lose the results
+    check_output_file(args.json, "--json", own=is_json_with("methods", "by_model"))  # before any work; never a user's other file
     check_distinct({"--json": args.json}, {"--model": None if ":" in str(args.model) else args.model})
     results = {}
     device = resolve_device(args.device)

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..errors import InputError
 
 __all__ = ["OutputError", "check_output_file", "check_output_folder", "check_distinct", "image_format",
-           "folder_entries", "atomic_path", "atomic_open", "write_text", "write_json", "save_pil"]
+           "folder_entries", "is_json_with", "atomic_path", "atomic_open", "write_text", "write_json", "save_pil"]
 
 
 class OutputError(InputError):
@@ -61,6 +61,21 @@ def _writable_folder(folder: Path, option: str, shown: str) -> None:
         tempfile.TemporaryFile(dir=probe).close()
     except OSError as exc:
         raise OutputError(f"{option} {shown}: cannot write in {probe} ({exc.strerror or exc})") from None
+    return probe
+
+
+def _name_fits(path: Path, probe: Path, option: str, shown: str) -> None:
+    """The file name, and the temporary name it is written through (14 characters longer), fit the
+    file system's limit on names."""
+    try:
+        limit = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for part in path.parts[len(probe.parts):-1]:  # folders still to be made
+        if len(os.fsencode(part)) > limit:
+            raise OutputError(f"{option} {shown}: the folder name {part[:20]!r}... is longer than {limit} bytes")
+    if len(os.fsencode(path.name)) + 14 > limit:
+        raise OutputError(f"{option} {shown}: the file name is too long (at most {limit - 14} bytes here)")
 
 
 _FORMATS: dict = {}
@@ -96,14 +111,16 @@ def image_format(path, modes=("L", "RGB")) -> str:
 
 
 def check_output_file(path, option: str = "--out", image: bool = False, modes=("L", "RGB"),
-                      existing: str = "replace", flag: str = "--overwrite") -> Path | None:
+                      existing: str = "replace", flag: str = "--overwrite", own=None) -> Path | None:
     """Check an output file before any work; returns it as a :class:`~pathlib.Path` (``None`` for
     ``None``).
 
     Not a folder (nor a path ending in a separator), its folder writable (or creatable), and with
     ``image=True`` an extension PIL can write for ``modes`` (:func:`image_format`). ``existing``: what an
     existing file at ``path`` means: ``"replace"`` (the user named it as the output: it is replaced,
-    atomically) or ``"refuse"`` (an :class:`OutputError` naming ``flag``)."""
+    atomically) or ``"refuse"`` (an :class:`OutputError` naming ``flag``). ``own(path) -> bool``: with
+    ``"replace"``, an existing file is replaced only if ``own`` says it is an output of this command (a
+    results JSON of the same bench), else refused: a user's other file is never replaced."""
     if path is None:
         return None
     shown = _show(path)
@@ -122,10 +139,26 @@ def check_output_file(path, option: str = "--out", image: bool = False, modes=("
         raise OutputError(f"{option} {shown} exists and is not a regular file")
     if p.exists() and existing == "refuse":
         raise OutputError(f"{option} {shown} already exists; pass {flag} to replace it, or choose another name")
-    _writable_folder(p.parent, option, shown)
+    if p.exists() and own is not None and not own(p):
+        raise OutputError(f"{option} {shown} exists and is not an output of this command; it is not replaced: "
+                          f"choose another name (or remove it yourself)")
+    probe = _writable_folder(p.parent, option, shown)
+    _name_fits(p.absolute(), probe, option, shown)
     if p.exists() and not os.access(p, os.W_OK) and os.geteuid() != 0:
         raise OutputError(f"{option} {shown} exists and is read-only")
     return p
+
+
+def is_json_with(*keys):
+    """An ``own`` test for :func:`check_output_file`: the file is a JSON object with one of ``keys``."""
+    def own(path) -> bool:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and any(k in data for k in keys)
+
+    return own
 
 
 def folder_entries(path) -> list[str]:
@@ -148,7 +181,8 @@ def check_output_folder(path, option: str = "--out", non_empty: str = "allow", f
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise OutputError(f"{option} {shown} is a file; give a folder")
-    _writable_folder(p, option, shown)
+    probe = _writable_folder(p, option, shown)
+    _name_fits(p.absolute() / "_", probe, option, shown)
     if non_empty == "refuse":
         held = folder_entries(p)
         if mine is not None:
@@ -236,6 +270,11 @@ def atomic_path(path, fsync: bool = True):
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a folder made read-only mid-run: one error line, not a traceback
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"could not write {path} ({exc.strerror or exc}); "
+                          f"{'the previous file is unchanged' if path.exists() else 'nothing was written'}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
