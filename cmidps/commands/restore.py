@@ -47,19 +47,14 @@ def sigma_y_value(text):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (or 'auto'), got {text!r}")
-    return value
+    return value  # the range is checked with the other options, before any work (check_request)
 
 
 def positive_batch(text) -> int:
     try:
-        value = int(text)
+        return int(text)  # >= 1 checked in check_request
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def register(sub) -> None:
@@ -497,6 +492,11 @@ def check_request(args) -> None:
     if args.sigma_y == "auto" and args.image is not None:
         raise RestoreError("--sigma-y auto estimates the noise of a measurement you have; with --image give "
                            "the number to simulate (or leave it out: the preset's)")
+    if args.sigma_y != "auto" and args.sigma_y is not None and not (math.isfinite(args.sigma_y) and args.sigma_y >= 0):
+        raise RestoreError(f"--sigma-y must be a finite number >= 0 (the noise std in the [-1, 1] range) or "
+                           f"'auto', got {args.sigma_y}")
+    if args.batch < 1:
+        raise RestoreError(f"--batch must be >= 1, got {args.batch}")
     check = argparse.Namespace(**vars(args))
     check.sigma_y = None
     check_sampling_options(check)
