@@ -140,6 +140,11 @@ CASES = {
         lambda w, f: _garbage_checkpoint(w),
         lambda w, f: ["train", "--out", str(w / "run"), "--steps", "1", "--resume", *TINY_TRAIN],
         r"not a checkpoint of cmidps train"),
+    "train_missing_data_leaves_no_folder": (
+        None, lambda w, f: ["train", "--out", str(w / "new"), "--steps", "1", "--data", "mnist", "--data-root",
+                            str(w / "nowhere")], r"MNIST data .*not found"),
+    "bench_report_only_of_nothing": (None, lambda w, f: _bench(f, f / "data", w / "new", "--report-only"),
+                                     r"--report-only: no results"),
     "bench_out_is_data": (None, lambda w, f: _bench(f, f / "data", f / "data"), r"--out .*is the input --data"),
     "bench_out_inside_data": (None, lambda w, f: _bench(f, f / "data", f / "data" / "results"),
                               r"lies inside the input --data"),

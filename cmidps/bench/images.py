@@ -275,6 +275,8 @@ def _check_out(args) -> None:
     model = args.model if Path(str(args.model)).expanduser().exists() else None  # a local file or folder
     check_distinct({}, {"--model": model}, folders={"--out": out},
                    input_folders={"--data": None if str(args.data) == "heldout" else args.data})
+    if args.report_only and not any(out.glob("results*.jsonl")):
+        raise BenchError(f"--report-only: no results in {str(args.out)!r} (nothing to report)")
     if not (out / CONFIG).is_file() and not args.force and not args.report_only:
         stray = stray_outputs(out, OUTPUTS)
         if stray:

@@ -258,7 +258,7 @@ def atomic_path(path, fsync: bool = True):
     """Yield a temporary path in ``path``'s folder (created) for the caller to write; on success it is
     renamed over ``path`` (``os.replace``: atomic); on any failure, Ctrl-C included, it is removed and
     ``path`` is left as it was. The temporary name starts with a dot and ends in ``.tmp``."""
-    path = Path(path)
+    path = Path(path).expanduser()  # as the checks read it
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -180,7 +180,7 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
 def train(args) -> dict:
     """Run (or resume) a training run; returns the final config dict."""
     out = check_train_out(args)  # before any work: a folder of another run is never overwritten
-    out.mkdir(parents=True, exist_ok=True)
+    # (the folder is made by the first checkpoint's write: a run that fails before it leaves nothing)
     if args.threads:
         torch.set_num_threads(args.threads)
     ckpt_path = out / "checkpoint.pt"
