@@ -7,11 +7,12 @@ A checked table is preceded (anywhere above it, before the next marker) by a mar
 The check runs ``.venv/bin/python scripts/SCRIPT.py ARG ...`` (the scripts only read committed files
 under docs/results/, in seconds) and requires every markdown table row (a line starting with ``|``)
 that the script prints to appear verbatim in the doc between its marker and the next marker or
-heading of the same or higher level. A number changed in the doc, or a results file changed without
+heading of the same or higher level (or its ``<!-- end -->`` line). A number changed in the doc, or a results file changed without
 its table, fails the check.
 
     .venv/bin/python scripts/check_docs.py            # every marker in README.md and docs/*.md
     .venv/bin/python scripts/check_docs.py docs/solvers.md
+    .venv/bin/python scripts/check_docs.py --write docs/solvers.md   # regenerate blocks closed by <!-- end -->
 
 Exit code 0 when every marked table matches, 1 otherwise (the differences are printed).
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- from: (?P<cmd>.+?) -->\s*$")
 HEADING = re.compile(r"^(#+) ")
+END = re.compile(r"^<!-- end -->\s*$")
 
 
 def markers(doc: Path) -> list[tuple[int, str, list[str]]]:
@@ -45,11 +47,31 @@ def markers(doc: Path) -> list[tuple[int, str, list[str]]]:
         end = len(lines)
         for j in range(i + 1, len(lines)):
             h = HEADING.match(lines[j])
-            if MARKER.match(lines[j]) or (h and (level is None or len(h.group(1)) <= level)):
+            if END.match(lines[j]) or MARKER.match(lines[j]) or (h and (level is None or len(h.group(1)) <= level)):
                 end = j
                 break
         found.append((i + 1, m.group("cmd"), lines[i + 1:end]))
     return found
+
+
+def write(doc: Path) -> int:
+    """Replace the text between each marker and its ``<!-- end -->`` line by what its script prints now."""
+    lines = doc.read_text().splitlines()
+    out, i, n = [], 0, 0
+    while i < len(lines):
+        out.append(lines[i])
+        m = MARKER.match(lines[i])
+        j = next((k for k in range(i + 1, len(lines)) if END.match(lines[k]) or MARKER.match(lines[k])), None)
+        if m and j is not None and END.match(lines[j]):
+            code, text = run(m.group("cmd"))
+            if code != 0:
+                raise SystemExit(f"{doc}:{i + 1}: `{m.group('cmd')}` failed:\n{text}")
+            out += ["", *text.strip().splitlines(), ""]
+            i, n = j, n + 1
+            continue
+        i += 1
+    doc.write_text("\n".join(out) + "\n")
+    return n
 
 
 def run(cmd: str) -> tuple[int, str]:
@@ -115,6 +137,10 @@ def check(doc: Path) -> list[str]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--write":  # regenerate the marked blocks that end with <!-- end -->
+        for a in argv[1:]:
+            print(f"{a}: {write(ROOT / a)} blocks rewritten")
+        return 0
     docs = [ROOT / a for a in argv] if argv else [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     problems, n = [], 0
     for doc in docs:

@@ -6,6 +6,8 @@ folder per method under docs/results/mnist_solvers/, each a `cmidps bench images
     .venv/bin/python scripts/solvers_table.py vs_dps [DIR]   # paired PSNR difference to DPS (same image, seed)
     .venv/bin/python scripts/solvers_table.py cmi    [DIR]   # paired PSNR difference CMI+X - X
     .venv/bin/python scripts/solvers_table.py params [DIR]   # the tuned step sizes (DIR/tuning.json)
+    .venv/bin/python scripts/solvers_table.py speed docs/results/speed_solvers_mnist32.json
+    .venv/bin/python scripts/solvers_table.py phase docs/results/phase_retrieval.json
     .venv/bin/python scripts/solvers_table.py grid [DIR] --runs runs/mnist_solvers --image digit7_970 --out docs/img/solvers_grid.png
 
 Intervals: 95% Student-t over the (image, seed) pairs (cmidps.bench.intervals); a paired difference
@@ -154,8 +156,32 @@ def grid(folder, runs: Path, image: str, out: Path, seed: int = 0):
     print(f"wrote {out}: {image}, seed {seed}; grey = not run or blew up")
 
 
+def speed(path):
+    d = json.loads(Path(path).read_text())
+    print(f"One network forward and backward: {d['network_fwd_bwd_ms']:.0f} ms.\n")
+    print("| method | ms / step | CPU ms / step | ratio to the network's forward+backward | network evaluations / step |")
+    print("|---|---|---|---|---|")
+    for m, r in d["methods"].items():
+        print(f"| {m} | {r['ms_per_step']:.0f} | {r['cpu_ms_per_step']:.0f} | {r['ratio_to_network']:.2f} "
+              f"| {r['network_evals_per_step']:.2f} |")
+
+
+def phase(path):
+    d = json.loads(Path(path).read_text())
+    names = {"init": "initialisation x_T", "unguided": "unguided sample (zeta = 0), same x_T",
+             "dps": f"**DPS** (zeta = {d['config']['zeta']:g}, {d['config']['steps']} steps)"}
+    print("| result | aligned PSNR (mean) | per image | residual (mean) |")
+    print("|---|---|---|---|")
+    for k, name in names.items():
+        per = ", ".join(f"{v:.1f}" for v in d["per_image"][k]["aligned_psnr"])
+        print(f"| {name} | {d['mean'][k]['aligned_psnr']:.2f} dB | {per} | {d['mean'][k]['residual']:.3f} |")
+
+
 def main(argv):
     mode = argv[0]
+    if mode in ("speed", "phase"):
+        {"speed": speed, "phase": phase}[mode](ROOT / argv[1])
+        return
     rest = [a for a in argv[1:] if not a.startswith("--")]
     folder = ROOT / (rest[0] if rest else "docs/results/mnist_solvers")
     if mode == "grid":
