@@ -105,7 +105,7 @@ def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = F
             raise ImageError(f"models with {c} channels are not supported for image files")
         check_channels(path, img.mode, c, convert)
         if not wide:
-            img = img.convert("L" if c == 1 else "RGB")
+            img = _convert(img, "L" if c == 1 else "RGB", path)
         if img.size != (w, h):
             if not resize:
                 raise ImageError(f"{path} is {img.size[0]}x{img.size[1]}, the model needs {w}x{h}; "
@@ -113,7 +113,7 @@ def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = F
             img = _resize_crop(img, w, h)
     else:
         c = 1
-        img = img.convert("RGB") if img.mode not in ("L", "RGB", "F") else img
+        img = _convert(img, "RGB", path) if img.mode not in ("L", "RGB", "F") else img
     if wide:
         arr = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)  # bicubic may overshoot a little
         arr = np.repeat(arr[None], 3, 0) if c == 3 else arr
@@ -124,6 +124,14 @@ def load_image(path, shape: tuple[int, int, int] | None = None, resize: bool = F
     elif not wide:
         arr = arr.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _convert(img: Image.Image, mode: str, path) -> Image.Image:
+    try:
+        return img.convert(mode)
+    except (ValueError, OSError) as exc:  # e.g. LAB or HSV TIFFs: PIL has no conversion
+        raise ImageError(f"{path}: cannot convert its {img.mode} pixels to {mode} ({exc}); save it as RGB or "
+                         f"greyscale") from None
 
 
 def _resize_crop(img: Image.Image, w: int, h: int) -> Image.Image:
