@@ -527,6 +527,7 @@ def run_command(args) -> int:
         print(getattr(args, "interrupted", None) or INTERRUPTED, file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())  # always one line
+        print(f"error: {text}", file=sys.stderr)
         return 2
     return code if isinstance(code, int) else 0

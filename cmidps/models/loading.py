@@ -40,21 +40,17 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 NAMED_CONFIGS = {"ffhq": FFHQ_256, "imagenet": IMAGENET_256_UNCOND}
 
+# One line each: a loading error is one ``error:`` line on the command line.
 DOWNLOAD_HINT = (
-    "cmidps never downloads weights. Get the checkpoint yourself and pass its local path:\n"
-    "  - FFHQ 256 (config 'ffhq'): ffhq_10m.pt, linked from the DPS repository README\n"
-    "    https://github.com/DPS2022/diffusion-posterior-sampling\n"
-    "  - ImageNet 256 unconditional (config 'imagenet'): 256x256_diffusion_uncond.pt, linked from\n"
-    "    https://github.com/openai/guided-diffusion"
+    "cmidps never downloads weights: get the checkpoint yourself and pass its local path (FFHQ 256, "
+    "config 'ffhq': ffhq_10m.pt from github.com/DPS2022/diffusion-posterior-sampling; ImageNet 256 "
+    "unconditional, config 'imagenet': 256x256_diffusion_uncond.pt from github.com/openai/guided-diffusion)"
 )
 
 SPEC_FORMS = (
-    "accepted model specs:\n"
-    "  bundled:<name>            a model shipped in cmidps/assets/<name>/ (e.g. bundled:mnist32)\n"
-    "  /path/to/checkpoint.pt    a guided-diffusion/ADM state_dict (.pt/.pth); config from model_config\n"
-    "                            ('ffhq', 'imagenet' or a dict of create_model kwargs) or guessed\n"
-    "  /path/to/folder           a cmidps folder (config.json with 'create_model' + model.safetensors)\n"
-    "                            or a diffusers UNet2DModel folder saved with save_pretrained"
+    "accepted model specs: bundled:<name> (a model in cmidps/assets/, e.g. bundled:mnist32); an ADM "
+    "state_dict file (.pt/.pth; --model-config ffhq|imagenet|FILE.json or guessed); a cmidps model folder "
+    "(config.json with 'create_model' + model.safetensors); a diffusers UNet2DModel folder"
 )
 
 
@@ -67,9 +63,9 @@ def _read_torch_state_dict(path: Path, device, safetensors_ok: bool = False) -> 
     """``torch.load(..., weights_only=True)`` with clear errors for missing/corrupt files; a safetensors
     file is read too when ``safetensors_ok`` (its architecture was given)."""
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}\n{DOWNLOAD_HINT}")
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}. {DOWNLOAD_HINT}")
     if path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint file\n{SPEC_FORMS}")
+        raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint file; {SPEC_FORMS}")
     kind = _sniff(path)
     if kind == "safetensors":
         if not safetensors_ok:
@@ -157,15 +153,54 @@ def _unwrap_state_dict(obj, path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{str(path)!r} does not hold a state_dict (a dict of tensors)")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
+    check_finite_weights(obj.items(), path)
     # fp16 checkpoints are widened: the model computes in float32 (or float64) on the CPU.
     return {k: (v.float() if v.is_floating_point() and v.dtype != torch.float64 else v) for k, v in obj.items()}
 
 
+def check_finite_weights(named_tensors, source) -> None:
+    """A ``CheckpointError`` if any floating-point weight holds NaN or inf (a damaged file or a diverged
+    training run: every sample would be NaN, which a sampler would blame on its step size)."""
+    bad = [name for name, v in named_tensors
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"the weights in {str(source)!r} hold NaN or infinite values in {len(bad)} tensor(s) "
+                              f"(e.g. {', '.join(bad[:3])}): the file is damaged or its training diverged; "
+                              f"use another checkpoint")
+
+
 # --- matching a state dict against an architecture ------------------------------------------------------
+def _create_model_keys() -> set[str]:
+    import inspect
+
+    return set(inspect.signature(create_model).parameters)
+
+
+def check_model_kwargs(kwargs, source) -> dict:
+    """``kwargs`` as create_model keyword arguments: a dict whose keys ``create_model`` takes (an unknown
+    key is a ``CheckpointError`` naming it and ``source``), with an ``image_size`` >= 1."""
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{source}: the model configuration must be a JSON object of create_model kwargs, "
+                              f"got {type(kwargs).__name__}")
+    unknown = sorted(set(kwargs) - _create_model_keys())
+    if unknown:
+        raise CheckpointError(f"{source}: unknown create_model key(s) {', '.join(map(repr, unknown))}; known: "
+                              f"{', '.join(sorted(_create_model_keys()))}")
+    size = kwargs.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise CheckpointError(f"{source}: image_size must be a positive integer, got {size!r}")
+    return kwargs
+
+
 def _meta_model(kwargs: dict) -> UNetModel:
-    """The architecture without allocating weights (for key/shape checks)."""
-    with torch.device("meta"):
-        return create_model(**{**kwargs, "use_fp16": False})
+    """The architecture without allocating weights (for key/shape checks); a configuration that cannot
+    build a UNet is a one-line ``CheckpointError``."""
+    try:
+        with torch.device("meta"):
+            return create_model(**{**kwargs, "use_fp16": False})
+    except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError, AssertionError, IndexError) as exc:
+        raise CheckpointError(f"the model configuration cannot build a UNet ({type(exc).__name__}: {exc}); "
+                              f"check its create_model kwargs") from None
 
 
 def _mismatch(state: dict[str, torch.Tensor], kwargs: dict) -> tuple[list, list, list]:
@@ -247,6 +282,7 @@ def load_adm_checkpoint(path, config="ffhq", device="cpu") -> NetworkPrior:
                 f"({', '.join(NAMED_CONFIGS)}); pass its architecture with --model-config FILE.json "
                 f"(a JSON object of create_model kwargs; Python: model_config=dict)")
     kwargs, label = _config_label(config)
+    check_model_kwargs(kwargs, f"--model-config {label}")
     net = _build_from_state(state, kwargs, label, path)
     channels = kwargs.get("in_channels", 3)
     size = kwargs["image_size"]
@@ -272,8 +308,11 @@ def save_network(folder, net: torch.nn.Module, create_model_kwargs: dict, *, cha
     config = {"create_model": kw, "image_size": image_size, "channels": channels,
               "learn_sigma": learn_sigma, "schedule": schedule, **(extra or {})}
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    from ..commands.outputs import atomic_path, write_text  # each file via a temporary file and a rename
+
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
     return folder
 
 
@@ -295,7 +334,8 @@ def load_network_folder(folder, device="cpu", name: str | None = None) -> Networ
         channels, size = int(config["channels"]), int(config["image_size"])
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{str(cfg_path)!r} is not a valid cmidps model config "
-                              f"(needs 'create_model', 'channels', 'image_size'): {err!r}") from err
+                              f"(needs 'create_model', 'channels', 'image_size'): {err!r}") from None
+    check_model_kwargs(kwargs, repr(str(cfg_path)))
     learn_sigma = bool(config.get("learn_sigma", kwargs.get("learn_sigma", False)))
     if bool(kwargs.setdefault("learn_sigma", learn_sigma)) != learn_sigma:
         raise CheckpointError(f"{str(cfg_path)!r}: learn_sigma differs between the top level and create_model")
@@ -317,10 +357,24 @@ def load_network_folder(folder, device="cpu", name: str | None = None) -> Networ
     if unknown:
         raise CheckpointError(f"{str(cfg_path)!r}: unknown schedule keys {sorted(unknown)} "
                               f"(num_train_steps, beta_start, beta_end, type)")
-    schedule = Schedule.linear(**sched_cfg)
+    schedule = _linear_schedule(sched_cfg, cfg_path)
     prior = NetworkPrior(net, (channels, size, size), learn_sigma=learn_sigma, schedule=schedule,
                          clip_x0=bool(config.get("clip_x0", True)), name=name or f"folder:{folder.name}")
     return prior.to(device)
+
+
+def _linear_schedule(cfg: dict, source) -> Schedule:
+    """``Schedule.linear(**cfg)`` with its values checked: an integer ``num_train_steps`` >= 1 and
+    betas with ``0 < beta_start <= beta_end < 1`` (else a one-line ``CheckpointError``)."""
+    n = cfg.get("num_train_steps", 1000)
+    b0, b1 = cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise CheckpointError(f"{str(source)!r}: schedule num_train_steps must be an integer >= 1, got {n!r}")
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in (b0, b1)) \
+            or not 0 < b0 <= b1 < 1:
+        raise CheckpointError(f"{str(source)!r}: schedule betas need 0 < beta_start <= beta_end < 1, got "
+                              f"beta_start={b0!r}, beta_end={b1!r}")
+    return Schedule.linear(**cfg)
 
 
 def _is_diffusers_folder(folder: Path) -> bool:
@@ -362,10 +416,33 @@ def load_prior(spec: str, device="cpu", model_config=None):
                 and not _is_diffusers_folder(path):
             return load_network_folder(path, device=device)
         if _is_diffusers_folder(path):
-            from .diffusers_adapter import load_diffusers_prior
-
-            return load_diffusers_prior(path, device=device)
-        raise ValueError(f"folder {spec!r} is neither a cmidps model folder nor a diffusers folder\n{SPEC_FORMS}")
+            return _load_diffusers(path, device)
+        for cfg in (path / "config.json", path / "unet" / "config.json"):
+            if cfg.is_file():
+                try:
+                    json.loads(cfg.read_text())
+                except ValueError as err:
+                    raise CheckpointError(f"{str(cfg)!r} is not valid JSON ({err}); {SPEC_FORMS}") from None
+        raise ValueError(f"folder {spec!r} is neither a cmidps model folder nor a diffusers folder; {SPEC_FORMS}")
     if not path.exists() and (os.sep in spec or path.suffix):
-        raise FileNotFoundError(f"no such file or folder: {spec!r}\n{SPEC_FORMS}")
-    raise ValueError(f"unknown model spec {spec!r}\n{SPEC_FORMS}")
+        raise FileNotFoundError(f"no such file or folder: {spec!r}; {SPEC_FORMS}")
+    raise ValueError(f"unknown model spec {spec!r}; {SPEC_FORMS}")
+
+
+def _load_diffusers(path: Path, device):
+    """A diffusers folder as a prior; a config that diffusers cannot read, or NaN weights, is one
+    ``CheckpointError`` line naming the folder."""
+    from .diffusers_adapter import load_diffusers_prior
+
+    try:
+        prior = load_diffusers_prior(path, device=device)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"a config file of the diffusers folder {str(path)!r} is not valid JSON ({exc})") from None
+    except (ValueError, FileNotFoundError, CheckpointError):
+        raise
+    except (KeyError, TypeError, AttributeError, OSError, RuntimeError, ZeroDivisionError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"diffusers folder {str(path)!r} could not be loaded ({type(exc).__name__}: {first}); "
+                              f"check its config.json and scheduler config") from None
+    check_finite_weights(prior.named_parameters() if hasattr(prior, "named_parameters") else (), path)
+    return prior
