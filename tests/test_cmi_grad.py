@@ -176,3 +176,26 @@ def test_bf16_refuses_fd_and_runs_central_passes_in_float32():
     x = sample(spy, op, y, partial(make_rule("dps")), cmi=CMIConfig(grad="central"), **kw)
     assert torch.isfinite(x).all()
     assert spy.seen == [True, False, False] * 2  # the step's pass under bf16, the two differenced ones in float32
+
+
+def test_bench_speed_times_both_gradients_and_checks_them(tmp_path):
+    import json
+
+    from cmidps.cli import main
+    from cmidps.models.loading import save_network
+
+    prior = _tiny_prior()
+    save_network(tmp_path / "m", prior.net, TINY, channels=1, image_size=8, learn_sigma=False)
+    out = tmp_path / "speed.json"
+    rc = main(["bench", "speed", "--model", str(tmp_path / "m"), "--methods", "dps", "--estimators", "lowrank",
+               "--probes", "1", "--timed-steps", "1", "--repeats", "1", "--image-batches", "", "--task", "sr4",
+               "--cmi-grad", "fd,autodiff", "--check-grad", "--json", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    m = res["methods"]
+    assert set(m) == {"dps", "cmi+dps", "cmi+dps[autodiff]"}
+    assert (m["dps"]["network_evals_per_step"], m["cmi+dps"]["network_evals_per_step"],
+            m["cmi+dps[autodiff]"]["network_evals_per_step"]) == (1.0, 2.0, 1.0)
+    assert res["config"]["cmi_grads"] == ["fd", "autodiff"]
+    assert 0 < res["grad_check"]["fd"]["default"]["0.5"] < 0.05
+    assert 0 < res["grad_check"]["central"]["default"]["0.5"] < 0.05

@@ -10,6 +10,10 @@ wall clock carries other processes' load; CPU-time ratios carry much less of it 
 ``--phases`` also times the parts of one DPS and one CMI+DPS step (forward with a graph, the CMI
 objective's vector-Jacobian product with a graph, the fused final backward) at the middle of the
 schedule; ``--device auto`` takes cuda when present; ``--amp bf16`` runs the network under autocast.
+
+``--cmi-grad fd,autodiff`` times every CMI job with each gradient (:class:`~cmidps.cmi.CMIConfig` ``grad``)
+in the same run; ``--check-grad`` adds the relative difference of the fd and central gradients against
+autodiff on the timed network (:func:`gradient_errors`), so a user sees the accuracy on their own model.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..cmi import CMIConfig
+from ..cmi import GRADS, CMIConfig, fd_steps
 from ..commands.outputs import check_distinct, check_output_file, is_json_with, write_json
 from ..methods.drivers import DRIVERS
 from ..restore import measure, parse_method
@@ -193,24 +197,30 @@ def step_phases(prior, op, y, cfg: CMIConfig, device, repeats: int, zeta: float 
 def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, task: str = "sr4",
                 methods=DEFAULT_METHODS, estimators=("lowrank", "hutchinson"), probes=(1, 4),
                 kinv: str = "isotropic", image_batches=(1, 4, 16), steps: int = 100, device="cpu",
-                progress: bool = True, steps_list=(), phases: bool = False, amp=None, on_update=None) -> dict:
+                progress: bool = True, steps_list=(), phases: bool = False, amp=None, grads=None,
+                check_grad: bool = False, batch_probes: bool = False, on_update=None) -> dict:
+    """``grads``: the CMI gradients to time (default: ``CMIConfig.grad``); the first one's entries are
+    ``cmi+X``, the others' ``cmi+X[..., grad]``. ``check_grad``: also the relative difference of the
+    difference gradients against autodiff (:func:`gradient_errors`)."""
     from tqdm.auto import tqdm
 
+    grads = tuple(grads or (CMIConfig.grad,))
     x = torch.rand((batch, *prior.shape), generator=torch.Generator().manual_seed(0)).to(device)
     op, y = measure(x, task, seed=0)
     jobs = [(m, None) for m in methods]
     for m in [m for m in methods if m not in DRIVERS]:  # CMI does not fit DAPS and RED-diff (docs/solvers.md)
         for est in estimators:
             for r in probes:
-                jobs.append((f"cmi+{m}", CMIConfig(estimator=est, probes=r, kinv=kinv)))
+                for gr in grads:
+                    jobs.append((f"cmi+{m}", CMIConfig(estimator=est, probes=r, kinv=kinv, grad=gr,
+                                                       batch_probes=batch_probes)))
     bar = tqdm(total=len(jobs) + 1 + 2 * len(image_batches) + 2 * len(steps_list) + int(phases),
                desc="bench speed", disable=not progress)
     net, net_cpu = network_fwd_bwd(prior, batch, device, repeats, amp)
     bar.update()
     out = {"network_fwd_bwd_ms": 1e3 * net, "network_fwd_bwd_cpu_ms": 1e3 * net_cpu, "methods": {}}
     for method, cfg in jobs:
-        key = method if cfg is None else (
-            method if (cfg.estimator, cfg.probes) == ("lowrank", 1) else f"{method}[{cfg.estimator},r={cfg.probes}]")
+        key = method if cfg is None else _job_key(method, cfg, grads[0])
         sec, mem, nfe, cpu_s = method_step(prior, op, y, method, cfg, timed_steps, device, repeats, amp=amp, cpu=True)
         out["methods"][key] = {"ms_per_step": 1e3 * sec, "cpu_ms_per_step": 1e3 * cpu_s, "ratio_to_network": sec / net,
                                "peak_mem_mb": mem, "network_evals_per_step": nfe}
@@ -222,6 +232,8 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
             base = out["methods"][key[4:].split("[")[0]]
             entry["ratio_to_baseline"] = entry["ms_per_step"] / base["ms_per_step"]
             entry["cpu_ratio_to_baseline"] = entry["cpu_ms_per_step"] / base["cpu_ms_per_step"]
+    if check_grad:
+        out["grad_check"] = gradient_errors(prior, op, y, [d for d in GRADS if d != "autodiff"], device=device)
     if phases:
         out["phases"] = step_phases(prior, op, y, CMIConfig(kinv=kinv), device, repeats, amp=amp)
         bar.update()
@@ -252,8 +264,76 @@ def bench_speed(prior, batch: int = 1, timed_steps: int = 5, repeats: int = 3, t
     out["config"] = {"model": getattr(prior, "name", type(prior).__name__), "shape": list(prior.shape),
                      "batch": batch, "task": task, "timed_steps": timed_steps, "repeats": repeats,
                      "steps_for_images_per_second": steps, "kinv": kinv, "device": str(device),
+                     "cmi_grads": list(grads), "batch_probes": batch_probes,
                      "amp": None if amp is None else str(amp).replace("torch.", "")}
     out["machine"] = machine_info(device)
+    return out
+
+
+def _job_key(method: str, cfg: CMIConfig, first_grad: str) -> str:
+    """``cmi+X`` for lowrank, one probe and the first gradient; else ``cmi+X[est,r=N,grad]`` with the
+    parts that differ."""
+    parts = [] if (cfg.estimator, cfg.probes) == ("lowrank", 1) else [f"{cfg.estimator},r={cfg.probes}"]
+    if cfg.grad != first_grad:
+        parts.append(cfg.grad)
+    return method if not parts else f"{method}[{','.join(parts)}]"
+
+
+def gradient_errors(prior, op, y, grads=("fd", "central"), rels=(None,), fractions=(0.5,), dtype=None,
+                    device="cpu", seed: int = 0, steps: int = 100) -> dict:
+    """Relative error ``|g - g_autodiff| / |g_autodiff|`` of the difference CMI gradients, per gradient,
+    step rule ``rel`` (None: the default, :data:`cmidps.cmi.FD_REL`) and position in a ``steps``-step
+    schedule (``fractions``: 0 = clean end, 1 = noisiest), at x_t = sqrt(abar) x0 + sqrt(1 - abar) z for
+    the measured image x0 of ``y``'s batch (lowrank, one probe, the likelihood clamp of the prior).
+    Returned as ``{grad: {rel: {fraction: error}}}`` (``rel`` as a string, ``"default"`` for None)."""
+    from ..cmi import FD_REL, cmi_probes
+    from ..diffusion import x0_from_eps
+    from ..sampling import _tweedie_at
+
+    dtype = dtype or y.dtype
+    prior = prior.to(dtype) if hasattr(prior, "to") else prior
+    y = y.to(dtype)
+    op = op.to(dtype) if hasattr(op, "to") else op
+    clip = bool(getattr(prior, "clip_x0", False))
+    sched = prior.schedule.respace(steps)
+    out: dict = {g: {} for g in grads}
+    B = y.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    x0 = (torch.rand((B, *prior.shape), generator=g, dtype=dtype) * 2 - 1).to(device)
+    z = torch.randn((B, *prior.shape), generator=g, dtype=dtype).to(device)
+    for frac in fractions:
+        c = sched.at(min(len(sched) - 1, round(frac * (len(sched) - 1))))
+        x = (c.abar**0.5 * x0 + c.sigma * z).requires_grad_(True)
+        with torch.enable_grad():
+            x0_fn = _tweedie_at(prior, c)
+            x0_hat = x0_fn(x)
+            (pairs, scale) = cmi_probes(x, x0_hat, c, op, 0.05, CMIConfig(), torch.Generator().manual_seed(seed + 1),
+                                        clip)
+            a, b = pairs[0]
+            (jt_a,) = torch.autograd.grad(x0_hat, x, a, create_graph=True)
+            (ref,) = torch.autograd.grad((jt_a * b).sum(), x, retain_graph=True)
+            (base,) = torch.autograd.grad(x0_hat, x, a)
+            del jt_a, x0_hat
+            cache: dict = {}
+
+            def vjp_at(r, sign):  # J(x + sign e b)^T a, once per (step, sign)
+                if (r, sign) not in cache:
+                    e = fd_steps(x, b, r).reshape(-1, *[1] * (x.ndim - 1))
+                    p = (x + sign * e * b).detach().requires_grad_(True)
+                    cache[(r, sign)] = torch.autograd.grad(x0_fn(p), p, a)[0]
+                return cache[(r, sign)]
+
+            for rel in rels:
+                for gr in grads:
+                    table = FD_REL["central"] if gr == "central" else FD_REL
+                    r = rel if rel is not None else table.get(dtype, table[torch.float32])
+                    e = fd_steps(x, b, r).reshape(-1, *[1] * (x.ndim - 1))
+                    plus = vjp_at(r, 1)
+                    est = (plus - base) / e if gr == "fd" else (plus - vjp_at(r, -1)) / (2 * e)
+                    diff, size = (est - ref).flatten(1).norm(dim=1), ref.flatten(1).norm(dim=1)
+                    # a sample whose x0_hat is clamped everywhere has no CMI term: both are exactly 0 there
+                    err = torch.where(size > 0, diff / size.clamp_min(1e-300), torch.where(diff > 0, torch.inf, 0.0)).max()
+                    out[gr].setdefault("default" if rel is None else f"{rel:g}", {})[f"{frac:g}"] = float(err)
     return out
 
 
@@ -267,18 +347,34 @@ def machine_info(device) -> dict:
     return info
 
 
+def redraw_zero_layers(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Re-draw every layer whose weight is all zero (ADM zero-initialises the output convolution, the
+    last convolution of every residual branch and the attention projections): weight and bias uniform
+    in +-1/sqrt(fan_in), seeded, so that the network, its Jacobian and its Hessian are not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            w = getattr(module, "weight", None)
+            if not isinstance(w, torch.nn.Parameter) or w.ndim < 2 or bool(w.any()):
+                continue
+            bound = 1.0 / w[0].numel() ** 0.5
+            w.copy_((torch.rand(w.shape, generator=g) * 2 - 1) * bound)
+            b = getattr(module, "bias", None)
+            if isinstance(b, torch.nn.Parameter):
+                b.copy_((torch.rand(b.shape, generator=g) * 2 - 1) * bound)
+    return net
+
+
 def random_adm_prior(image_size: int, device="cpu"):
-    """The FFHQ ADM architecture (learned sigma) at ``image_size`` with random weights."""
+    """The FFHQ ADM architecture (learned sigma) at ``image_size`` with random weights (the zero-initialised
+    layers re-drawn, :func:`redraw_zero_layers`)."""
     from ..models.unet import FFHQ_256, create_model
     from ..prior import NetworkPrior
 
     torch.manual_seed(0)
     kw = dict(FFHQ_256, image_size=image_size, channel_mult="" if image_size in (32, 64, 128, 256, 512)
               else FFHQ_256["channel_mult"])
-    net = create_model(**kw).eval()
-    with torch.no_grad():  # ADM zero-initialises its output layer; give it weights so gradients are real
-        for p in net.out.parameters():
-            p.normal_(0.0, 0.02)
+    net = redraw_zero_layers(create_model(**kw).eval())
     net.requires_grad_(False)
     return NetworkPrior(net, (3, image_size, image_size), learn_sigma=True, name=f"adm-random:{image_size}").to(device)
 
@@ -329,8 +425,13 @@ def run_speed(args) -> int:
                           image_batches=tuple(int(b) for b in args.image_batches.split(",") if b), steps=args.steps,
                           device=device, progress=not args.quiet, phases=args.phases, amp=AMP[args.amp],
                           on_update=lambda partial, spec=spec: save(spec, partial),
-                          steps_list=tuple(int(n) for n in args.steps_list.split(",")) if args.steps_list else ())
+                          steps_list=tuple(int(n) for n in args.steps_list.split(",")) if args.steps_list else (),
+                          grads=tuple(args.cmi_grad.split(",")) if args.cmi_grad else None,
+                          check_grad=args.check_grad, batch_probes=args.batch_probes)
         print(format_table(res))
+        if "grad_check" in res:
+            print(f"CMI gradient vs autodiff ({spec}, relative difference at mid-schedule, default step): "
+                  + ", ".join(f"{g} {d['default']['0.5']:.2e}" for g, d in res["grad_check"].items()))
         results[spec] = res
     out = results[specs[0]] if len(specs) == 1 else {"by_model": results}
     if args.json:
@@ -342,27 +443,44 @@ def run_speed(args) -> int:
 def add_speed_parser(bench) -> None:
     import argparse
 
+    from ..cmi import ESTIMATORS
+    from ..commands.options import MAX_PROBES, as_text, int_list_text, method_list, name_list, positive_int
+    from ..methods.samplers import RULES
+    from ..operators import TASKS
+
+    bases = [m for m in RULES if m != "none"] + list(DRIVERS)
     p = bench.add_parser("speed", help="cost per step of every method against the bare network",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="bundled:mnist32")
-    p.add_argument("--image-sizes", default=None,
+    p.add_argument("--image-sizes", type=int_list_text(8, hi=1024, unique=True), default=None,
                    help="instead of --model: the ADM (FFHQ) architecture at random weights at these sizes, e.g. 32,64")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--steps", type=int, default=100, help="reverse steps assumed for images per second")
-    p.add_argument("--timed-steps", type=int, default=5, help="steps per timed run")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--task", default="sr4")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    p.add_argument("--estimators", default="lowrank,hutchinson")
-    p.add_argument("--probes", default="1,4")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--steps", type=positive_int, default=100, help="reverse steps assumed for images per second")
+    p.add_argument("--timed-steps", type=positive_int, default=5, help="steps per timed run")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--task", default="sr4", choices=TASKS)
+    p.add_argument("--methods", type=as_text(method_list(bases, cmi=False)), default=",".join(DEFAULT_METHODS),
+                   help="comma-separated base methods, case-insensitive (each is timed with and without CMI): "
+                        + ", ".join(bases))
+    p.add_argument("--estimators", type=as_text(name_list(ESTIMATORS, "estimator", all_ok=False)),
+                   default="lowrank,hutchinson", help="CMI gradient estimators: " + ", ".join(ESTIMATORS))
+    p.add_argument("--probes", type=int_list_text(1, hi=MAX_PROBES, unique=True), default="1,4",
+                   help="CMI probe counts to time, comma-separated")
     p.add_argument("--kinv", default="isotropic", choices=["isotropic", "cg"])
-    p.add_argument("--image-batches", default="1,4,16", help="batches for images per second ('' for none)")
-    p.add_argument("--steps-list", default="", help="also time whole restorations with these step counts, e.g. 10,50")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when present, else cpu)")
+    p.add_argument("--image-batches", type=int_list_text(1, empty_ok=True, unique=True), default="1,4,16", help="batches for images per second ('' for none)")
+    p.add_argument("--steps-list", type=int_list_text(1, empty_ok=True, hi=1000, unique=True), default="", help="also time whole restorations with these step counts, e.g. 10,50")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when present, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--amp", default="none", choices=sorted(AMP),
                    help="run the network under autocast in this dtype (CMI, K^-1 and the rules stay float32)")
     p.add_argument("--phases", action="store_true",
                    help="also time the parts of one DPS and one CMI+DPS step (forward, CMI VJP, final backward)")
+    p.add_argument("--cmi-grad", type=as_text(name_list(GRADS, "CMI gradient", all_ok=True)), default=None,
+                   help="CMI gradients to time, comma-separated, e.g. fd,autodiff (default: the default gradient, "
+                        f"{CMIConfig.grad}); the first one's entries are cmi+X, the others' cmi+X[grad]")
+    p.add_argument("--check-grad", action="store_true",
+                   help="also print the relative difference of the fd and central CMI gradients against autodiff")
+    p.add_argument("--batch-probes", action="store_true",
+                   help="difference gradients: run the shifted points of all probes as one network batch")
     p.add_argument("--json", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_speed)
