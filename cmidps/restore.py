@@ -125,7 +125,10 @@ def restore(prior, op, y: torch.Tensor, method: str = "dps", steps: int | None =
     step count ``steps``, ``sigma_y``, ``likelihood_clip`` and the method's step sizes for ``task``.
     A ``steps`` other than the preset's warns (:class:`PresetStepsWarning`, once per call site): its
     step sizes were tuned for the preset's count. ``cmi`` configures the plug-in for ``cmi+X``
-    methods (default :class:`CMIConfig`); it is ignored for plain X. ``params`` override the method's
+    methods (default :class:`CMIConfig`); it is ignored for plain X. ``task`` (default: the one ``op``
+    records, as :func:`measure` and :func:`~cmidps.operators.make_operator` make it) picks the preset's
+    step sizes; an operator without one needs ``task=`` where they differ by task (a ``ValueError``
+    otherwise, never a silent default). ``params`` override the method's
     defaults (``zeta``, ``weight``, ``gamma``). ``likelihood_clip`` (see :func:`cmidps.sampling.sample`):
     clamp x0_hat to [-1, 1] where it enters the likelihood, as the DPS code does.
     """
@@ -139,6 +142,11 @@ def restore(prior, op, y: torch.Tensor, method: str = "dps", steps: int | None =
         warnings.warn(p.steps_notice(steps), PresetStepsWarning, stacklevel=2)
     sigma_y = p.sigma_y if sigma_y is None else sigma_y
     likelihood_clip = p.likelihood_clip if likelihood_clip is None else likelihood_clip
+    task = task if task is not None else getattr(op, "task", None)  # make_operator / measure record it
+    if task is None and base in p.step_sizes and "*" not in p.step_sizes[base] \
+            and not set(p.params(base, next(iter(p.step_sizes[base])))) <= set(params or {}):
+        raise ValueError(f"restore(..., {method!r}): pass task= (one of {', '.join(p.step_sizes[base])}): under preset "
+                         f"{p.name!r} {base}'s step size depends on the task, and this operator does not record one")
     kw = p.params(base, task)
     kw.update(params or {})
     items = list(range(y.shape[0])) if items is None else items

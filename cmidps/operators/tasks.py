@@ -62,7 +62,7 @@ def make_operator(
     image size). ``overrides`` replace single settings, e.g. ``std=3.0``, ``padding="circular"``, or
     ``kernel=`` a 2-D tensor for the blurs (used as given, convolved). ``generator`` draws the mask /
     box / motion kernel; for the mask tasks it may be a list (one mask per image, a per-sample
-    operator). The operator records its preset as ``op.preset``. Raises ``ValueError`` on an unknown
+    operator). The operator records its preset as ``op.preset`` and its task as ``op.task``. Raises ``ValueError`` on an unknown
     task or preset and on an ``x_shape`` the task does not fit.
 
     To restore a measurement you already have, build its operator without measuring: ``mask=`` a 0/1
@@ -85,6 +85,7 @@ def make_operator(
             raise ValueError("a mask must hold only 0 (missing) and 1 (observed)")
         op = MaskOperator(shape, mask.cpu())
         op.preset = get_preset(preset, shape).name
+        op.task = task
         return op
     if "kernel" in overrides and overrides["kernel"] is not None and not isinstance(overrides["kernel"], str) \
             and task not in ("deblur_gauss", "deblur_motion"):
@@ -111,4 +112,5 @@ def make_operator(
             kernel = motion_kernel(size, params["intensity"], generator)
         op = blur_operator(shape, kernel, padding, **params)
     op.preset = get_preset(preset, shape).name
+    op.task = task  # restore() takes the task's step sizes from it when not given task=
     return op
