@@ -90,7 +90,8 @@ def _grad_I(x: torch.Tensor, abar: float, A: torch.Tensor, kinv: str, mix) -> to
 
 
 def _config(grad: str, schedule: str, kinv: str, eta: float) -> CMIConfig:
-    extra = {} if grad == "autodiff" else {"grad": grad}
+    has_grad = "grad" in {f.name for f in dataclasses.fields(CMIConfig)}
+    extra = {"grad": grad} if has_grad else {}  # named even for autodiff: the default may be another path
     return CMIConfig(eta=eta, estimator="exact", kinv=kinv, cg_iters=20, eta_schedule=schedule, **extra)
 
 
