@@ -72,7 +72,7 @@ def test_every_module_imports_alone():
 # --- the layering of docs/design.md ----------------------------------------------------------------------
 # Floors from the bottom; a module may import its own group and any group on a LOWER floor, nothing on its
 # own floor from another group and nothing above. Keep in step with the map in docs/design.md.
-CORE = ("cmidps", "diffusion", "prior", "sampling", "cmi", "linalg", "errors", "presets")
+CORE = ("cmidps", "diffusion", "prior", "sampling", "cmi", "linalg", "errors", "presets", "outputs")
 FLOORS = [
     CORE,                                   # 0: the core every part uses
     ("operators", "data", "models"),        # 1: measurements, data files, networks
@@ -247,3 +247,40 @@ def test_every_name_the_docs_use_exists():
         except (ImportError, AttributeError) as exc:
             bad.append(f"{name}: {type(exc).__name__}: {exc}")
     assert bad == [], "names in README.md / docs/*.md that do not import:\n" + "\n".join(bad)
+
+
+def _design_table_paths() -> set:
+    """The module paths the module table of docs/design.md names (relative to cmidps/): ``a/b.py``;
+    a row ``operators/inpaint.py``, ``blur.py`` names siblings; a folder ``metrics/`` names all of it."""
+    import re
+
+    text = (ROOT / "docs" / "design.md").read_text()
+    table = text[text.index("## Module map"):]
+    table = table[:table.index("\n## ", 1)]
+    named = set()
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        folder = ""
+        for item in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            if item.endswith("/"):
+                named.add(item)
+                continue
+            if "/" in item:
+                folder = item.rpartition("/")[0] + "/"
+                named.add(item)
+            else:
+                named.add(folder + item)
+    return named
+
+
+def test_design_md_names_every_module():
+    """The tree matches the map: every module file is in docs/design.md's module table (or its folder is),
+    and every file the table names exists."""
+    named = _design_table_paths()
+    files = {str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+             if p.name not in ("__init__.py", "__main__.py") and "assets" not in p.parts}
+    missing = sorted(f for f in files if f not in named and not any(f.startswith(d) for d in named if d.endswith("/")))
+    assert missing == [], f"add these modules to the module table of docs/design.md: {missing}"
+    stale = sorted(n for n in named if not n.endswith("/") and n not in files)
+    assert stale == [], f"docs/design.md names modules that do not exist: {stale}"

@@ -150,8 +150,8 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 
 def save_image(x: torch.Tensor, path) -> None:
     """Save a (C, H, W) image in [0, 1]; the folder is created, the file written atomically in the
-    format PIL writes for the extension (:func:`cmidps.commands.outputs.save_pil`)."""
-    from ..commands.outputs import save_pil
+    format PIL writes for the extension (:func:`cmidps.outputs.save_pil`)."""
+    from ..outputs import save_pil
 
     save_pil(to_pil(x), path)
 

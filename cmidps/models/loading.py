@@ -308,7 +308,7 @@ def save_network(folder, net: torch.nn.Module, create_model_kwargs: dict, *, cha
     config = {"create_model": kw, "image_size": image_size, "channels": channels,
               "learn_sigma": learn_sigma, "schedule": schedule, **(extra or {})}
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
-    from ..commands.outputs import atomic_path, write_text  # each file via a temporary file and a rename
+    from ..outputs import atomic_path, write_text  # each file via a temporary file and a rename
 
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(state, str(tmp))
