@@ -397,7 +397,8 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
     """Noise, task preset and the samplers' step sizes, shared by restore and bench images."""
     from ..restore import SIGMA_Y
 
-    p.add_argument("--sigma-y", type=nonneg_float, default=SIGMA_Y, help="measurement noise std in [-1, 1]")
+    p.add_argument("--sigma-y", type=nonneg_float, default=SIGMA_Y, help="measurement noise: standard deviation in the model's [-1, 1] range "
+                        "(= 2 x the std in [0, 1] image units); default 0.05")
     from ..presets import PRESETS
 
     p.add_argument("--preset", default=None, choices=list(PRESETS),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_kernel_arguments,
                       add_measurement_arguments, check_sampling_options, cmi_config, convert_option,
-                      resolve_device, step_params)
+                      positive_int, resolve_device, step_params)
 
 RECORD_KIND = "cmidps restore record"
 NONLINEAR = ("phase_retrieval", "hdr")
@@ -37,24 +37,16 @@ class RestoreError(ValueError):
 
 # ------------------------------------------------------------------------------------------- options
 def sigma_y_value(text):
-    """``--sigma-y``: a finite number >= 0 (the model's [-1, 1] range) or ``auto``."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    elif str(text).strip().lower() == "auto":
+    """``--sigma-y``: ``auto``, or a finite number >= 0 in the model's [-1, 1] range (the shared
+    ``nonneg_float`` of :mod:`cmidps.commands.options`)."""
+    from .options import nonneg_float
+
+    if isinstance(text, str) and text.strip().lower() == "auto":
         return "auto"
-    else:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}") from None
-    return value  # the range is checked with the other options, before any work (check_request)
-
-
-def positive_batch(text) -> int:
     try:
-        return int(text)  # >= 1 checked in check_request
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+        return nonneg_float(str(text))
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or 'auto')") from None
 
 
 def register(sub) -> None:
@@ -135,7 +127,7 @@ def _add_parser(sub):
     p.add_argument("--resize", action="store_true", help="resize an --image of the wrong size (never a measurement)")
     add_convert_arguments(p)
     add_device_argument(p)
-    p.add_argument("--batch", type=positive_batch, default=4, help="images per batch in a folder (default 4)")
+    p.add_argument("--batch", type=positive_int, default=4, help="images per batch in a folder (default 4)")
     p.add_argument("--out", default=None, metavar="OUT.png|DIR",
                    help="the restoration (a folder when the input is a folder); OUT.json beside it is the run record")
     p.add_argument("--grid", default=None, help="one image only: also write truth | measurement | A^+ y | restoration")
