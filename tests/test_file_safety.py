@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cmidps.cli import main
-from cmidps.commands.outputs import (OutputError, atomic_open, check_distinct, check_output_file, image_format,
+from cmidps.outputs import (OutputError, atomic_open, check_distinct, check_output_file, image_format,
                                      write_json)
 from cmidps.data.images import ImageError, load_image, save_image
 from cmidps.diffusion import Schedule, space_timesteps
