@@ -15,7 +15,7 @@ from PIL import Image
 
 from cmidps.cli import main
 from cmidps.outputs import (OutputError, atomic_open, check_distinct, check_output_file, image_format,
-                                     write_json)
+                            write_json)
 from cmidps.data.images import ImageError, load_image, save_image
 from cmidps.diffusion import Schedule, space_timesteps
 
