@@ -7,7 +7,8 @@
 Sources: every `cmidps bench gmm` JSON (CMI+X - X paired by seed, and each method - the best method),
 every `cmidps bench images` folder with a results.jsonl (CMI+X - X per task and per-image metric,
 paired by image and seed) and its table.csv for set-level metrics (FDD, FID, KID: one value per seed;
-the per-seed values are not kept, so their sd is recovered from the CSV's 1.96-based half width).
+the per-seed values are not kept, so their sd is recovered from the CSV's half width: 1.96-based where
+the folder's table.md says "1.96 sd / sqrt(n)" (reports written before the t helper), else t-based).
 Intervals: cmidps.bench.intervals (t_{0.975, n-1}; below 5 units "too few to test").
 """
 import json
@@ -83,13 +84,16 @@ def image_rows(folder: Path):
     if csv_path.is_file():
         import csv
 
+        md = folder / "table.md"
+        old_report = md.is_file() and "1.96 sd / sqrt(n)" in md.read_text()
         for r in csv.DictReader(csv_path.open()):
             if r["row"] != "cmi_difference":
                 continue
             for m in ("fdd", "fid", "kid"):
                 if r.get(f"{m}_mean") and r.get(f"{m}_n") and int(r[f"{m}_n"]) >= 2 and r.get(f"{m}_ci95"):
                     n = int(r[f"{m}_n"])
-                    sd = float(r[f"{m}_ci95"]) * math.sqrt(n) / Z  # the CSV's half width is 1.96 sd / sqrt(n)
+                    q = Z if old_report else t_quantile(n - 1)  # the quantile the CSV's half width was made with
+                    sd = float(r[f"{m}_ci95"]) * math.sqrt(n) / q
                     rows.append(row(folder.name, f"{r['task']} {m} (set-level) {r['method']}", mean=float(r[f"{m}_mean"]),
                                     sd=sd, n=n))
     return rows
