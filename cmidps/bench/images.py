@@ -271,10 +271,15 @@ def _check_out(args) -> None:
     """Before any work (docs/safety.md): ``--out`` is a folder that can be written, neither ``--data``
     nor inside it nor holding it, and not a folder that holds files of the names this bench writes
     without being a bench run (no ``config.json``) unless ``--force`` (which moves them aside)."""
+    from ..data.mnist import HELDOUT_DIR
+    from ..models.loading import ASSETS_DIR
+
     out = check_output_folder(args.out, "--out")
-    model = args.model if Path(str(args.model)).expanduser().exists() else None  # a local file or folder
+    spec = str(args.model)
+    model = ASSETS_DIR / spec[len("bundled:"):] if spec.startswith("bundled:") else (
+        args.model if Path(spec).expanduser().exists() else None)  # a local file or folder
     check_distinct({}, {"--model": model}, folders={"--out": out},
-                   input_folders={"--data": None if str(args.data) == "heldout" else args.data})
+                   input_folders={"--data": HELDOUT_DIR if str(args.data) == "heldout" else args.data})
     if args.report_only and not any(out.glob("results*.jsonl")):
         raise BenchError(f"--report-only: no results in {str(args.out)!r} (nothing to report)")
     if not (out / CONFIG).is_file() and not args.force and not args.report_only:

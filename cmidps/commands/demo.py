@@ -88,9 +88,14 @@ OUTPUTS = ("grid.png", "metrics.json")
 def check_demo_out(args) -> None:
     """Before any work: ``--out`` is a folder that can be written, empty unless ``--overwrite``, and
     neither output file is the ``--model`` file (docs/safety.md)."""
+    from ..data.mnist import HELDOUT_DIR
+    from ..models.loading import ASSETS_DIR
+
     out = check_output_folder(args.out, "--out", non_empty="allow" if args.overwrite else "refuse")
-    model = None if str(args.model).startswith("bundled:") else args.model
-    check_distinct({f"--out {name}": out / name for name in OUTPUTS}, {"--model": model})
+    spec = str(args.model)
+    model = ASSETS_DIR / spec[len("bundled:"):] if spec.startswith("bundled:") else args.model
+    check_distinct({f"--out {name}": out / name for name in OUTPUTS}, {"--model": model},
+                   input_folders={"the held-out digits": HELDOUT_DIR})
 
 
 def format_table(rows) -> str:

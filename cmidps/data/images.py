@@ -82,8 +82,9 @@ def open_image(path) -> Image.Image:
 
 
 def check_image_file(path) -> tuple[tuple[int, int], str]:
-    """Decode ``path`` fully and check its value range (:func:`open_image`); returns ``(size, mode)`` of
-    the file (mode as PIL opened it). For up-front checks: a bad file fails before any work."""
+    """Decode ``path`` fully and check its value range (:func:`open_image`); returns ``(size, mode)`` as
+    :func:`open_image` returns the image (``"F"`` for more than 8 bits). For up-front checks: a bad file
+    fails before any work."""
     img = open_image(path)
     return img.size, img.mode
 
