@@ -68,10 +68,10 @@ def test_keep_going_records_a_diverged_sample_and_keeps_the_rest(tiny_model, dat
         return real(prior, op, y, method, *a, items=items, **kw)
 
     monkeypatch.setattr(bench, "restore", flaky)
-    with pytest.raises(bench.SamplingDiverged):
-        run_images(_args(tiny_model, data_dir, tmp_path / "stop", "dps"))
+    with pytest.raises(bench.SamplingDiverged, match="dps on sr4, seed 0"):
+        run_images(_args(tiny_model, data_dir, tmp_path / "stop", "dps", "--stop-on-divergence"))
     out = tmp_path / "go"
-    assert run_images(_args(tiny_model, data_dir, out, "dps", "--keep-going")) == 0
+    assert run_images(_args(tiny_model, data_dir, out, "dps")) == 0  # going on is the default
     recs = _records(out)
     assert len(recs) == 6
     bad = [r for r in recs if r.get("diverged")]
@@ -79,3 +79,7 @@ def test_keep_going_records_a_diverged_sample_and_keeps_the_rest(tiny_model, dat
     good = [r for r in recs if not r.get("diverged")]
     assert len(good) == 4 and all(np.isfinite(r["psnr"]) for r in good)
     assert not (out / "images" / "sr4" / "dps" / "0" / "img1.png").exists()
+    md = (out / "table.md").read_text()  # the failures are shown in the report, not averaged
+    assert "## Failures" in md and "| sr4 | dps | img1 | 0 |" in md and "2 of 6 jobs failed" in md
+    csv = (out / "table.csv").read_text().splitlines()
+    assert csv[0].endswith(",failed") and any(row.startswith("method,sr4,dps,") and row.endswith(",1") for row in csv)

@@ -39,7 +39,7 @@ import torch
 
 from ..commands.options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_measurement_arguments,
                            check_sampling_options, cmi_config, convert_option, preset_steps, resolve_device,
-                           run_command, step_params)
+                           run_command, step_params, method_params, check_step_overrides)
 from ..errors import InputError
 from ..data.image_sets import ImageSet, load_image_set
 from ..data.images import save_image
@@ -140,6 +140,7 @@ def _settings(args, prior, images: ImageSet) -> dict:
         "sigma_y": args.sigma_y,
         "preset": args.preset,
         "params": step_params(args),
+        **({"step": sorted(map(list, args.step))} if getattr(args, "step", None) else {}),
         **({"param_table": args.param_table} if getattr(args, "param_table", None) else {}),
         "cmi": {k: getattr(cmi, k) for k in ("eta", "estimator", "probes", "kinv", "cg_iters", "eta_schedule")},
         "resize": bool(args.resize),
@@ -195,6 +196,8 @@ def _image_metrics(out, x, names, labels, skipped) -> dict:
 # --- the command --------------------------------------------------------------------------------------
 def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     """Register ``images`` under ``cmidps bench``."""
+    from ..commands.options import UniqueInts, as_text, method_list, name_list, positive_int
+
     p = bench_subparsers.add_parser(
         "images", help="the image benchmark (Table I): tasks x methods x metrics over a folder of images",
         description="Restore every image of --data with every task, method and seed; save the images, one "
@@ -207,23 +210,26 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model-config", default=None, metavar="ffhq|imagenet|FILE.json",
                    help="architecture of a .pt checkpoint or bare .safetensors file: a named ADM "
                         "configuration or a JSON of create_model kwargs (default: guessed from its keys)")
-    p.add_argument("--tasks", default="inpaint_random,inpaint_box,deblur_gauss,deblur_motion,sr4",
+    p.add_argument("--tasks", type=as_text(name_list(TASKS, "task")),
+                   default="inpaint_random,inpaint_box,deblur_gauss,deblur_motion,sr4",
                    help=f"comma-separated tasks or 'all' ({', '.join(TASKS)})")
-    p.add_argument("--methods", default="dps,cmi+dps", help="comma-separated: dps, pigdm, mcg, dsg, ddnm, ddnm_plus, ddnm_svd, ddrm, diffpir, "
+    p.add_argument("--methods", type=as_text(method_list()), default="dps,cmi+dps",
+                   help="comma-separated, case-insensitive: dps, pigdm, mcg, dsg, ddnm, ddnm_plus, ddnm_svd, ddrm, diffpir, "
                         "tmpd, daps, reddiff; cmi+X turns CMI on for any of them but daps and reddiff "
                         "(docs/solvers.md)")
     p.add_argument("--params", default=None, metavar="FILE.json",
                    help="step sizes per method and task, e.g. from scripts/tune_solvers.py: {METHOD: {TASK or '*': "
                         "{PARAM: VALUE}}} (a cmi+X entry's 'eta' sets CMI's eta for it); over the preset's and "
                         "--zeta/--weight/--gamma/--eta"),
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="respaced reverse steps (default: the preset's, 1000 for paper/dps, 100 for small)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (each one a full pass)")
+    p.add_argument("--seeds", type=int, nargs="+", action=UniqueInts, default=[0],
+                   help="seeds, distinct (each one a full pass)")
     p.add_argument("--out", required=True, help="output folder (resumable: rerun the same command)")
-    p.add_argument("--batch", type=int, default=8, help="images per sampler call (does not change results)")
-    p.add_argument("--limit", type=int, default=None, help="only the first K images")
+    p.add_argument("--batch", type=positive_int, default=8, help="images per sampler call (does not change results)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first K images")
     p.add_argument("--resize", action="store_true", help="resize images of the wrong size (else an error)")
-    p.add_argument("--metrics", default=None,
+    p.add_argument("--metrics", type=as_text(name_list(METRIC_CHOICES, "metric", all_ok=False)), default=None,
                    help=f"comma-separated from {', '.join(METRIC_CHOICES)} (psnr and ssim are always "
                         f"computed; default psnr,ssim,lpips,fid,kid, plus digits for --data heldout)")
     add_measurement_arguments(p)
@@ -239,8 +245,12 @@ def add_images_parser(bench_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true",
                    help="run no jobs; merge the results files and write the tables from what is done")
     p.add_argument("--keep-going", action="store_true",
-                   help="a sample that blows up is recorded (metrics null, 'diverged': the message; the other "
-                        "images of its batch are rerun one by one) and the run goes on, instead of stopping")
+                   help="the default: a sample that blows up is recorded as a failure (metrics null, 'diverged': the "
+                        "reason, 'failed_step'; listed under Failures in table.md; the other images of its batch "
+                        "are rerun one by one) and the run goes on")
+    p.add_argument("--stop-on-divergence", action="store_true",
+                   help="stop the whole run at the first sample that blows up (an error naming method, task, seed "
+                        "and images) instead of recording it and going on")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cmi_arguments(p)
     p.set_defaults(func=run_images, interrupted="interrupted (a bench run resumes where it stopped: rerun the same command)")
@@ -304,6 +314,7 @@ def _check_options(args):
     seeds = list(dict.fromkeys(int(s) for s in args.seeds))
     names = _split_list(args.metrics, "metrics", METRIC_CHOICES) if args.metrics else None
     args.param_table = _param_table(args.params)
+    check_step_overrides(args, methods)
     return tasks, methods, seeds, names
 
 
@@ -332,7 +343,7 @@ def _job_params(args, method: str, task: str, cmi):
     """(step-size params, CMIConfig) of one (method, task): the command line's, then ``--params``."""
     import dataclasses
 
-    params = step_params(args)
+    params = method_params(args, method)  # --zeta/--weight/--gamma where the method has them, then --step
     table = getattr(args, "param_table", None)
     if not table:
         return params, cmi
@@ -476,8 +487,10 @@ def _run_jobs(args, dist: Dist, prior, plan: Plan, mine, cmi, on_job) -> None:
             try:
                 xhat = run(list(range(len(idx))))
             except SamplingDiverged as exc:
-                if not args.keep_going:
-                    raise
+                if getattr(args, "stop_on_divergence", False):
+                    raise SamplingDiverged(f"{method} on {task}, seed {seed}, image(s) {', '.join(items[:4])}"
+                                           f"{', …' if len(items) > 4 else ''}: {exc} (without --stop-on-divergence "
+                                           f"the run records it and goes on)") from None
                 xhat = torch.full_like(x, float("nan"))
                 if len(idx) == 1:
                     diverged[0] = str(exc)
@@ -499,6 +512,7 @@ def _run_jobs(args, dist: Dist, prior, plan: Plan, mine, cmi, on_job) -> None:
                 if k in diverged:
                     rec.update({name: None for name in plan.per_names})
                     rec["diverged"] = diverged[k]
+                    rec["failed_step"] = _failed_step(diverged[k])
                 else:
                     save_image(xhat[k], plan.image_path(task, method, seed, image))
                     rec.update({name: v[ok.index(k)] for name, v in vals.items()})
@@ -508,6 +522,14 @@ def _run_jobs(args, dist: Dist, prior, plan: Plan, mine, cmi, on_job) -> None:
                 bar.update(1)
                 if on_job is not None:
                     on_job(rec)
+
+
+def _failed_step(reason: str):
+    """The step a divergence message names (``... at step 7 of 20 ...``), or ``None``."""
+    import re
+
+    m = re.search(r"at step (\d+)", reason)
+    return int(m.group(1)) if m else None
 
 
 def _measurement(args, device):
@@ -527,7 +549,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "images":
         argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="python -m cmidps.bench.images")
+    from ..commands.options import CLIParser
+
+    parser = CLIParser(prog="python -m cmidps.bench.images")
     add_images_parser(parser.add_subparsers(dest="bench", required=True))
     return run_command(parser.parse_args(["images", *argv]))
 

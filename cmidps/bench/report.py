@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 from .intervals import MIN_N, TOO_FEW, Interval, interval
@@ -135,9 +134,47 @@ def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def failure_records(records) -> list[dict]:
+    """The records of failed jobs (a sample that diverged: ``"diverged": reason``), in order."""
+    return [r for r in records if r.get("diverged")]
+
+
+def _failed_counts(failures) -> dict:
+    counts: dict = {}
+    for r in failures:
+        counts[(r["task"], r["method"])] = counts.get((r["task"], r["method"]), 0) + 1
+    return counts
+
+
+MAX_FAILURE_LINES = 50  # table.md lists at most this many failures (results.jsonl has them all)
+
+
+def _failure_lines(failures, tasks=None, methods=None) -> list[str]:
+    """The ``## Failures`` section: one row per failed job (task, method, image, seed, step, reason)."""
+    if not failures:
+        return []
+    t_rank = {t: i for i, t in enumerate(tasks or [])}
+    m_rank = {m: i for i, m in enumerate(methods or [])}
+    rows = sorted(failures, key=lambda r: (t_rank.get(r["task"], len(t_rank)), m_rank.get(r["method"], len(m_rank)),
+                                           str(r.get("seed")), str(r.get("image"))))
+    out = ["", "## Failures", "",
+           f"{len(rows)} job(s) failed and are left out of the means and the paired differences (their "
+           "metrics are empty in results.jsonl; no image was saved). Lower the step size of the method "
+           "(--step METHOD=VALUE, --zeta, --eta) or use more steps.", ""]
+    cells = [[r["task"], r["method"], str(r.get("image", "")), str(r.get("seed", "")),
+              "" if r.get("failed_step") is None else str(r["failed_step"]),
+              str(r.get("diverged")).replace("|", "/").replace("\n", " ")] for r in rows[:MAX_FAILURE_LINES]]
+    out += _md_table(["task", "method", "image", "seed", "step", "reason"], cells)
+    if len(rows) > MAX_FAILURE_LINES:
+        out.append(f"\n… and {len(rows) - MAX_FAILURE_LINES} more (results.jsonl: records with \"diverged\")")
+    return out
+
+
 def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=None, skipped=None,
-                    title="Benchmark", notes=()) -> str:
-    """The markdown text of ``table.md``."""
+                    title="Benchmark", notes=(), failures=()) -> str:
+    """The markdown text of ``table.md``; ``failures`` (records of failed jobs) add a ``failed`` column
+    and a ``## Failures`` section."""
+    failed = _failed_counts(failures)
     metrics = [m for m in metrics if any(m in s for s in summary.values())]
     best = best_per_task(summary, metrics)
     lines = [f"# {title}", ""]
@@ -149,8 +186,9 @@ def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=Non
         s = summary[key]
         n = max((s[m][2] for m in s), default=0)
         cells = [_cell(m, s[m], (key[0], key[1], m) in best) if m in s else "–" for m in metrics]
-        rows.append([key[0], key[1], *cells, str(n)])
-    lines += _md_table(["task", "method"] + [metric_label(m) for m in metrics] + ["n"], rows)
+        rows.append([key[0], key[1], *cells, str(n)] + ([str(failed.get(key, 0))] if failed else []))
+    lines += _md_table(["task", "method"] + [metric_label(m) for m in metrics] + ["n"] + (["failed"] if failed else []),
+                       rows)
     if diffs:
         lines += ["", "## CMI+X − X (paired)", "",
                   "Mean paired difference ± 95% interval over the units both methods have (the same image, "
@@ -164,6 +202,7 @@ def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=Non
             cells = [_cell(m, d[m], sign=True) if m in d else "–" for m in metrics]
             rows.append([key[0], f"{key[1]} − {key[1][4:]}", *cells, str(n)])
         lines += _md_table(["task", "difference"] + [metric_label(m) for m in metrics] + ["n pairs"], rows)
+    lines += _failure_lines(failures, tasks, methods)
     lines += ["", "## Skipped metrics", ""]
     if skipped:
         lines += [f"- **{name}**: {why}" for name, why in skipped.items()]
@@ -172,15 +211,18 @@ def markdown_tables(summary: dict, diffs: dict, metrics, tasks=None, methods=Non
     return "\n".join(lines) + "\n"
 
 
-def csv_table(summary: dict, diffs: dict, metrics, tasks=None, methods=None) -> str:
+def csv_table(summary: dict, diffs: dict, metrics, tasks=None, methods=None, failures=()) -> str:
     """The text of ``table.csv``: one row per (task, method) (``row=method``) and per CMI difference
     (``row=cmi_difference``, method ``cmi+X - X``); per metric ``_mean``, ``_ci95`` (half width), ``_n``
-    and, for method rows, ``_best`` (1 if best of its task)."""
+    and, for method rows, ``_best`` (1 if best of its task); last ``failed``, the method row's number of
+    failed jobs (``failures``: their records), left out of the means."""
+    failed = _failed_counts(failures)
     metrics = [m for m in metrics if any(m in s for s in summary.values())]
     best = best_per_task(summary, metrics)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row", "task", "method"] + [f"{m}_{k}" for m in metrics for k in ("mean", "ci95", "n", "best")])
+    w.writerow(["row", "task", "method"] + [f"{m}_{k}" for m in metrics for k in ("mean", "ci95", "n", "best")]
+               + ["failed"])
 
     def num(v):
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
@@ -196,7 +238,7 @@ def csv_table(summary: dict, diffs: dict, metrics, tasks=None, methods=None) -> 
                     row += [num(mean), num(hw), str(n), flag]
                 else:
                     row += ["", "", "0", ""]
-            w.writerow(row)
+            w.writerow(row + [str(failed.get(key, 0)) if kind == "method" else ""])
     return buf.getvalue()
 
 
@@ -204,7 +246,8 @@ def write_tables(out_dir, image_records, set_records=(), per_image_metrics=("psn
                  set_metrics=(), tasks=None, methods=None, skipped=None, title="Benchmark",
                  notes=()) -> dict:
     """Summarize per-image records (paired by image and seed) and set-level records (paired by seed),
-    write ``table.md`` and ``table.csv`` into ``out_dir`` (atomically). Returns
+    write ``table.md`` and ``table.csv`` into ``out_dir`` (atomically); the records of failed jobs
+    (:func:`failure_records`) are counted and listed, not averaged. Returns
     ``{"summary": ..., "differences": ..., "markdown": text}``."""
     out_dir = Path(out_dir)
     summary = summarize(image_records, per_image_metrics)
@@ -215,9 +258,10 @@ def write_tables(out_dir, image_records, set_records=(), per_image_metrics=("psn
         for key, d in cmi_differences(set_records, set_metrics, ("seed",)).items():
             diffs.setdefault(key, {}).update(d)
     metrics = list(per_image_metrics) + [m for m in set_metrics if m not in per_image_metrics]
-    md = markdown_tables(summary, diffs, metrics, tasks, methods, skipped, title, notes)
+    failures = failure_records(image_records)
+    md = markdown_tables(summary, diffs, metrics, tasks, methods, skipped, title, notes, failures)
     atomic_text(out_dir / "table.md", md)
-    atomic_text(out_dir / "table.csv", csv_table(summary, diffs, metrics, tasks, methods))
+    atomic_text(out_dir / "table.csv", csv_table(summary, diffs, metrics, tasks, methods, failures))
     return {"summary": summary, "differences": diffs, "markdown": md}
 
 
@@ -248,21 +292,24 @@ def write_image_report(plan, results: dict, notes, measurement, device) -> str:
     skipped = dict(plan.skipped)
     x0 = images.get([0])
     lab0 = None if images.labels is None else images.labels[:1]
+    failures = failure_records(rows)
+    n_ok = len(rows) - len(failures)
     for name in plan.per_names:
         have = sum(1 for r in rows if r.get(name) is not None)
-        if have == 0 and name not in skipped:
+        if have == 0 and name not in skipped and n_ok:
             skipped[name] = probe_reason(name, x0, lab0) or \
                 "not in the results (unavailable when the jobs ran); rerun into a new --out to compute it"
-        elif 0 < have < len(rows):
-            skipped.setdefault(name, f"computed for {have} of {len(rows)} jobs only")
+        elif 0 < have < n_ok:
+            skipped.setdefault(name, f"computed for {have} of {n_ok} jobs only")
+    failed_groups = {(r["task"], r["method"], r["seed"]) for r in failures}
 
     set_rows = []
     if plan.set_names:
         for t in plan.tasks:
             for m in plan.methods:
                 for s in plan.seeds:
-                    if any((t, m, s, i) not in results for i in images.ids):
-                        continue
+                    if any((t, m, s, i) not in results for i in images.ids) or (t, m, s) in failed_groups:
+                        continue  # incomplete, or a failed job's image is missing: no set-level value
                     res = dataset_metrics(_png_batches(plan, t, m, s, device), _truth_batches(images, device),
                                           names=plan.set_names, labels=images.labels)
                     for name, why in res["skipped"].items():
@@ -280,6 +327,11 @@ def write_image_report(plan, results: dict, notes, measurement, device) -> str:
     notes = list(notes)
     if n_missing:
         notes.append(f"**Incomplete: {n_missing} of {len(jobs)} jobs are not done yet.**")
+    if failures:
+        groups = sorted({(r["task"], r["method"]) for r in failures})
+        notes.append(f"**{len(failures)} of {len(rows)} jobs failed** ({', '.join(f'{m} on {t}' for t, m in groups[:6])}"
+                     f"{', …' if len(groups) > 6 else ''}): listed under Failures, left out of the means; set-level "
+                     f"metrics skip their (task, method, seed) groups.")
     report = write_tables(out, rows, set_rows, per_image_metrics=plan.per_names, set_metrics=plan.set_names,
                           tasks=plan.tasks, methods=plan.methods, skipped=skipped, title="cmidps bench images",
                           notes=notes)
@@ -321,6 +373,6 @@ def write_grid(plan, seed, measurement) -> None:
         rows.append(row)
     grid = image_grid(rows, row_labels=plan.tasks, col_labels=["truth", "measurement", *plan.methods],
                       scale=max(1, 96 // images.shape[-1]))
-    tmp = plan.out / f"grid.png.{os.getpid()}.tmp"
-    grid.save(tmp, format="PNG")
-    tmp.replace(plan.out / "grid.png")
+    from ..outputs import save_pil
+
+    save_pil(grid, plan.out / "grid.png")  # atomic: a temporary file, then a rename
