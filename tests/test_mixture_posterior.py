@@ -48,8 +48,8 @@ def _spd(d, g, scale):
 
 CASES = {  # name: (d, m, components, sigma_y, grid points per axis)
     "d2_m1_k4": (2, 1, 4, 0.4, 601),
-    "d3_m2_k3": (3, 2, 3, 0.5, 141),
-    "d3_m1_k5": (3, 1, 5, 0.6, 141),
+    "d3_m2_k3": (3, 2, 3, 0.5, 111),
+    "d3_m1_k5": (3, 1, 5, 0.6, 111),
 }
 
 
