@@ -84,7 +84,13 @@ def test_tiny_run_writes_valid_json(tmp_path, capsys):
         assert set(r) >= {"method", "seed", "sw2", "seconds"}
         assert math.isfinite(r["sw2"]) and r["sw2"] > 0 and math.isfinite(r["seconds"])
     assert [f["seed"] for f in data["floor"]] == [0, 1]
-    assert all(math.isfinite(f["sw2"]) and f["sw2"] >= 0 for f in data["floor"])
+    # the floor is SW2 between two exact posterior sets of --ref-samples over --directions directions
+    theta = gmm.random_directions(8, 100, 0)
+    for f in data["floor"]:
+        ref, other = gmm.references(gmm.draw_problem(8, 2, f["seed"]), 200)
+        assert f["sw2"] == pytest.approx(gmm.sliced_wasserstein(other, ref, theta), rel=1e-12)
+    sw2 = {(r["method"], r["seed"]): r["sw2"] for r in data["results"]}
+    assert all(sw2[("cmi+dps", s)] != sw2[("dps", s)] for s in (0, 1))  # CMI acts on the same noise
     table = capsys.readouterr().out
     assert "floor" in table and "cmi+dps vs dps" in table
 
