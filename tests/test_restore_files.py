@@ -4,6 +4,7 @@ import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,18 @@ def test_make_operator_from_a_mask_and_a_kernel():
     op = make_operator("deblur_motion", (1, 8, 8), kernel=k)
     x = torch.zeros(1, 1, 8, 8); x[0, 0, 4, 4] = 1
     assert op.A(x)[0, 0, 4, 5] > 0.99
+
+
+def test_lpips_is_reported_when_its_weights_load(tiny_model, digit_png, tmp_path, monkeypatch):
+    """Where LPIPS's weight files are present its score goes beside PSNR/SSIM (here a randomly initialised
+    LPIPS stands in for the weights, which are not shipped)."""
+    import importlib
+
+    lp = importlib.import_module("cmidps.metrics.lpips")  # the module (cmidps.metrics.lpips the name is a function)
+    net = lp.LPIPS("alex", pretrained=False)
+    monkeypatch.setattr(lp, "get_lpips", lambda *a, **k: net.to(k.get("device", "cpu")))
+    digit = Path(cmidps.__file__).parent / "assets" / "mnist32" / "heldout" / "digit7_970.png"  # LPIPS needs >= 31 px
+    assert _run("--image", digit, "--task", "sr4", "--model", "bundled:mnist32", "--steps", 2,
+                "--out", tmp_path / "o.png") == 0
+    m = json.loads((tmp_path / "o.json").read_text())["metrics"]
+    assert set(m) == {"restoration", "A_pinv_y", "bicubic"} and all("lpips" in v for v in m.values())
