@@ -219,3 +219,30 @@ def test_lpips_is_reported_when_its_weights_load(tiny_model, digit_png, tmp_path
                 "--out", tmp_path / "o.png") == 0
     m = json.loads((tmp_path / "o.json").read_text())["metrics"]
     assert set(m) == {"restoration", "A_pinv_y", "bicubic"} and all("lpips" in v for v in m.values())
+
+
+def test_an_interrupted_folder_leaves_whole_files_and_resumes(tiny_model, tmp_path, monkeypatch, capsys):
+    import cmidps.restore as api
+
+    (tmp_path / "y").mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        _png(rng.random((4, 4)), tmp_path / "y" / f"im{i}.png")
+    argv = ["--measurement", tmp_path / "y", "--task", "sr4", "--model", tiny_model, "--steps", 2, "--batch", 1,
+            "--out", tmp_path / "out"]
+    real, calls = api.sample, []
+
+    def interrupted_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(api, "sample", interrupted_second)
+    assert _run(*argv) == 130
+    assert "nothing partial was written" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["im0.json", "im0.png", "run.json"]
+    monkeypatch.setattr(api, "sample", real)
+    assert _run(*argv) == 0
+    assert "1 of 3 images already restored" in capsys.readouterr().err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
