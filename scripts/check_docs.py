@@ -45,11 +45,15 @@ def markers(doc: Path) -> list[tuple[int, str, list[str]]]:
                 level = len(h.group(1))
                 break
         end = len(lines)
-        for j in range(i + 1, len(lines)):
-            h = HEADING.match(lines[j])
-            if END.match(lines[j]) or MARKER.match(lines[j]) or (h and (level is None or len(h.group(1)) <= level)):
-                end = j
-                break
+        closing = next((k for k in range(i + 1, len(lines)) if END.match(lines[k]) or MARKER.match(lines[k])), None)
+        if closing is not None and END.match(lines[closing]):
+            end = closing  # a block closed by <!-- end -->: what the script printed, headings included
+        else:
+            for j in range(i + 1, len(lines)):
+                h = HEADING.match(lines[j])
+                if MARKER.match(lines[j]) or (h and (level is None or len(h.group(1)) <= level)):
+                    end = j
+                    break
         found.append((i + 1, m.group("cmd"), lines[i + 1:end]))
     return found
 

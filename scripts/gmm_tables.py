@@ -8,6 +8,7 @@ CMI+X - X. ms/step: the mean over the seeds of a method's sampling seconds, divi
     .venv/bin/python scripts/gmm_tables.py cost FILES...      # ms/step of X and CMI+X, their ratio
     .venv/bin/python scripts/gmm_tables.py wall FILES...      # each file's total wall time
     .venv/bin/python scripts/gmm_tables.py methods FILE       # one file: per method SW2, ms/step, CMI+X vs X
+    .venv/bin/python scripts/gmm_tables.py tuning FILES...    # the tuning record (config.tuning): every grid score
 """
 import json
 import sys
@@ -113,8 +114,29 @@ def main(argv):
                 w, n, d = paired(by, m)
                 extra = f"{w}/{n}, {ci(d, sign=True)} | {ms(o, by, m) / ms(o, by, m[4:]):.2f}x"
             print(f"| {m} | {ci(sw2(by[m].values()))} | {ms(o, by, m):.1f} | {extra} |")
+    elif mode == "tuning":
+        print("| setting | method | step size: mean SW2 on the tuning seeds | cmi+X eta: mean SW2 |")
+        print("|---|---|---|---|")
+        for p, (o, _) in zip(paths, runs):
+            t = o["config"]["tuning"]
+            for m, scores in t["step_scores"].items():
+                chosen = t["chosen_step"].get(m)
+                cells = " ".join((f"**{float(v):g}: {sc:.3g}**" if float(v) == chosen else f"{float(v):g}: {sc:.3g}")
+                                 for v, sc in scores.items())
+                eta = t["eta_scores"].get(m, {})
+                ce = t["chosen_eta"].get(m)
+                ecells = " ".join((f"**{float(v):g}: {sc:.3g}**" if float(v) == ce else f"{float(v):g}: {sc:.3g}")
+                                  for v, sc in eta.items())
+                print(f"| {col(o)} | {m} {o['config']['step_param'][m]} | {cells} | {ecells} |")
+        print()
+        print("| setting | tuning seeds | tuning time | whole run |")
+        print("|---|---|---|---|")
+        for p, (o, _) in zip(paths, runs):
+            t = o["config"]["tuning"]
+            print(f"| {col(o)} | {', '.join(map(str, t['seeds']))} | {t['seconds']:.0f} s "
+                  f"| {o['config'].get('total_seconds', float('nan')):.0f} s |")
     else:
-        raise SystemExit(f"unknown mode {mode!r}: sw2, paired, cost, wall, methods")
+        raise SystemExit(f"unknown mode {mode!r}: sw2, paired, cost, wall, methods, tuning")
 
 
 if __name__ == "__main__":
