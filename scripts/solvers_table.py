@@ -6,6 +6,7 @@ folder per method under docs/results/mnist_solvers/, each a `cmidps bench images
     .venv/bin/python scripts/solvers_table.py vs_dps [DIR]   # paired PSNR difference to DPS (same image, seed)
     .venv/bin/python scripts/solvers_table.py cmi    [DIR]   # paired PSNR difference CMI+X - X
     .venv/bin/python scripts/solvers_table.py params [DIR]   # the tuned step sizes (DIR/tuning.json)
+    .venv/bin/python scripts/solvers_table.py status [DIR]   # which methods have run, and how far
     .venv/bin/python scripts/solvers_table.py speed docs/results/speed_solvers_mnist32.json
     .venv/bin/python scripts/solvers_table.py phase docs/results/phase_retrieval.json
     .venv/bin/python scripts/solvers_table.py grid [DIR] --runs runs/mnist_solvers --image digit7_970 --out docs/img/solvers_grid.png
@@ -156,6 +157,18 @@ def grid(folder, runs: Path, image: str, out: Path, seed: int = 0):
     print(f"wrote {out}: {image}, seed {seed}; grey = not run or blew up")
 
 
+def status(res):
+    """Which methods of the planned grid have run, and how far."""
+    planned = [x for m in ORDER for x in (m, f"cmi+{m}") if not (x.startswith("cmi+") and m in ("daps", "reddiff"))]
+    print("| method | jobs done (of 200) | blew up | state |")
+    print("|---|---|---|---|")
+    for m in planned:
+        recs = res.get(m, {})
+        div = sum(1 for r in recs.values() if r.get("diverged"))
+        state = "complete" if len(recs) >= 200 else ("partial" if recs else "not run")
+        print(f"| {m} | {len(recs)} | {div} | {state} |")
+
+
 def speed(path):
     d = json.loads(Path(path).read_text())
     print(f"One network forward and backward: {d['network_fwd_bwd_ms']:.0f} ms.\n")
@@ -193,7 +206,7 @@ def main(argv):
         params(folder)
         return
     res = load(folder)
-    {"psnr": lambda: metric_table(res, "psnr"), "ssim": lambda: metric_table(res, "ssim"),
+    {"psnr": lambda: metric_table(res, "psnr"), "ssim": lambda: metric_table(res, "ssim"), "status": lambda: status(res),
      "vs_dps": lambda: vs_dps(res), "cmi": lambda: cmi(res)}[mode]()
 
 
