@@ -118,6 +118,8 @@ def params(folder):
     print("| method | parameter | " + " | ".join(TASKS) + " |")
     print("|---" * (len(TASKS) + 2) + "|")
     for m, per in t["chosen"].items():
+        if not (folder / m / "params.json").is_file():  # only the methods whose benchmark ran (tuning may go on)
+            continue
         param = next(iter(per.values()))["param"]
         cells = []
         for task in TASKS:
