@@ -284,3 +284,54 @@ def test_design_md_names_every_module():
     assert missing == [], f"add these modules to the module table of docs/design.md: {missing}"
     stale = sorted(n for n in named if not n.endswith("/") and n not in files)
     assert stale == [], f"docs/design.md names modules that do not exist: {stale}"
+
+
+def _design_may_import() -> dict:
+    """{module path relative to cmidps/ (or a folder ending in /): set of allowed tokens} from the
+    module table of docs/design.md."""
+    import re
+
+    text = (ROOT / "docs" / "design.md").read_text()
+    table = text[text.index("## Module map"):]
+    table = table[:table.index("\n## ", 1)]
+    rules = {}
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        allowed = {t.strip() for t in re.split(r"[,(]", cells[-1].replace(")", "")) if t.strip()}
+        allowed = {t.split(" ")[0] for t in allowed if t not in ("–", "-")}
+        folder = ""
+        for item in re.findall(r"`([^`]+)`", cells[0]):
+            if "/" in item and not item.endswith("/"):
+                folder = item.rpartition("/")[0] + "/"
+            rules[item if ("/" in item or item.endswith(".py")) and item.startswith(folder) else folder + item] = allowed
+    return rules
+
+
+def test_design_md_may_import_is_what_the_code_imports():
+    """Every import of a module is allowed by its row's "may import" cell in docs/design.md (its own
+    folder and the package itself always are)."""
+    rules = _design_may_import()
+    bad = []
+    for name, deps in _module_graph().items():
+        parts = name.split(".")[1:]
+        if not parts:
+            continue
+        rel = "/".join(parts) + ".py"
+        row = rules.get(rel)
+        if row is None:
+            folder = next((f for f in rules if f.endswith("/") and rel.startswith(f)), None)
+            if folder is None:
+                continue  # __init__ of a folder, or a module the other test reports
+            row = rules[folder]
+        own = parts[0] if len(parts) > 1 else None
+        for dep in deps:
+            d = ".".join(dep.split(".")[1:])
+            if not d or (own and d.split(".")[0] == own):
+                continue
+            ok = any(d == t or d.startswith(t + ".") or (t.endswith(".*") and d.startswith(t[:-2]))
+                     or t in ("any", "everything") for t in row)
+            if not ok:
+                bad.append(f"{rel} imports {d}, not in its row {sorted(row)}")
+    assert bad == [], "docs/design.md's 'may import' column is out of date:\n" + "\n".join(sorted(bad))
