@@ -640,8 +640,8 @@ def run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    if ctx["scorer"] is not None and ctx["scorer"].lpips_note:
-        print(ctx["scorer"].lpips_note, file=sys.stderr)
+    if ctx["scorer"] is not None and ctx["scorer"].lpips_note and args.truth is not None and not args.quiet:
+        print(ctx["scorer"].lpips_note, file=sys.stderr)  # asked for scores: say why one is missing
     if folder:
         _summary(args, items)
     return 0
@@ -834,6 +834,7 @@ def _restore_batch(ctx: dict, batch: list[Item]) -> None:
                       "model_config": args.model_config},
             "versions": _versions(), "device": str(device), "seconds": round(seconds, 3),
             "metrics": metrics,
+            "metrics_skipped": (ctx["scorer"].lpips_note if metrics and ctx["scorer"] is not None else None),
         }
         write_json(it.record, _jsonable(record))
         if not ctx["folder"]:
