@@ -576,6 +576,20 @@ def run(args) -> int:
     check_request(args)
     items, folder = plan(args)
     check_outputs(args, items, folder)
+    todo, done = [], []
+    for it in items:
+        if folder and it.out.is_file() and it.record.is_file():
+            previous = _read_record(it.record)
+            same = previous is not None and _same_settings(previous, args, it)
+            if same:
+                done.append(it)
+                it.metrics = previous.get("metrics") or {}
+                continue
+            if not args.overwrite:
+                raise RestoreError(f"{str(it.out)!r} was written by a run with other settings "
+                                   f"({_difference(previous, args, it)}); pass --overwrite to redo it, or "
+                                   "choose another --out folder")
+        todo.append(it)
     device = resolve_device(args.device)
     from ..restore import parse_method
 
@@ -603,20 +617,6 @@ def run(args) -> int:
     if any(it.truth is not None for it in items) or args.image is not None:
         ctx["scorer"] = Scorer(device)
 
-    todo, done = [], []
-    for it in items:
-        if folder and it.out.is_file() and it.record.is_file():
-            previous = _read_record(it.record)
-            same = previous is not None and _same_settings(previous, args, it)
-            if same:
-                done.append(it)
-                it.metrics = previous.get("metrics") or {}
-                continue
-            if not args.overwrite:
-                raise RestoreError(f"{str(it.out)!r} was written by a run with other settings "
-                                   f"({_difference(previous, args, it)}); pass --overwrite to redo it, or "
-                                   "choose another --out folder")
-        todo.append(it)
     if folder:
         from .outputs import write_json
 
@@ -660,8 +660,9 @@ def _read_record(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("kind") == RECORD_KIND else None
 
 
-_RUN_SETTINGS = ("task", "method", "model", "model_config", "steps", "seed", "sigma_y", "preset", "zeta", "weight",
-                 "gamma", "kernel_as_dps", "cmi", "eta", "probes", "kinv", "cg_iters", "eta_schedule")
+# Options that do not change an image's restoration (where it goes, how it is batched or shown); every
+# other option does, and a finished image of a folder is reused only if they all agree.
+_NOT_RESULT = {"out", "batch", "overwrite", "device", "grid", "truth", "save_measurement", "image", "measurement"}
 
 
 def _same_settings(previous: dict, args, item: Item) -> bool:
@@ -673,7 +674,7 @@ def _difference(previous: dict | None, args, item: Item) -> str:
         return "its record is missing or unreadable"
     old = previous.get("options", {})
     new = _absolute_options(args, item)
-    diff = [k for k in _RUN_SETTINGS + ("mask", "kernel") if old.get(k) != new.get(k)]
+    diff = [k for k in new if k not in _NOT_RESULT and old.get(k) != new.get(k)]
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
 
 
