@@ -124,6 +124,14 @@ def test_sigma_auto_is_estimated_and_printed(tiny_model, tmp_path, capsys):
     est = json.loads((tmp_path / "o.json").read_text())["resolved"]["sigma_y"]
     assert 0.06 < est < 0.14
     assert "estimated sigma_y" in capsys.readouterr().err
+    # with a mask: the holes (here black, an edge that is not noise) are filled before estimating
+    mask = np.full((16, 16), 255, np.uint8)
+    mask[4:12, 4:12] = 0
+    Image.fromarray(mask, "L").save(tmp_path / "m.png")
+    _png(np.where(mask > 0, 0.5 + 0.05 * rng.standard_normal((16, 16)), 0.0), tmp_path / "holes.png")
+    assert _run("--measurement", tmp_path / "holes.png", "--mask", tmp_path / "m.png", "--task", "inpaint_box",
+                "--sigma-y", "auto", "--model", tiny_model, "--steps", 2, "--out", tmp_path / "h.png") == 0
+    assert 0.05 < json.loads((tmp_path / "h.json").read_text())["resolved"]["sigma_y"] < 0.15
 
 
 def test_a_folder_is_batched_resumable_and_summarised(tiny_model, tmp_path, capsys):
