@@ -24,7 +24,8 @@ def digits():
 
 def test_a_huge_eta_stops_naming_eta(prior, digits):
     op, y = measure(digits, "sr4", seed=0)
-    with pytest.raises(sampling.SamplingDiverged, match=r"blew up .* at step \d+ of 12 .*--eta"):
+    # with the difference CMI gradient (the default) the first huge step overflows at once: non-finite
+    with pytest.raises(sampling.SamplingDiverged, match=r"(blew up .*|became non-finite) at step \d+ of 12 .*--eta"):
         restore(prior, op, y, "cmi+dps", steps=12, cmi=CMIConfig(eta=1e6), progress=False)
 
 
