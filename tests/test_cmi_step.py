@@ -183,3 +183,31 @@ def test_closed_form_posterior_covariance_matches_the_prior_class_jacobian():
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(3), dtype=D)
     tweedie = sigma_post_dense(x, lambda z: x0_from_eps(z, prior.eps(z, c.t)[0], c), c)
     torch.testing.assert_close(_post_cov(x, c.abar, *mix), tweedie, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("estimator", ["lowrank", "hutchinson"])
+@pytest.mark.parametrize("grad", GRADS)
+def test_r_probes_average_r_single_probe_estimates(estimator, grad):
+    """probes = r is the mean of the r single-probe estimates drawn in turn from the same generator (the
+    scale 1/r of the estimator, which the loop tests above, with one probe, do not see)."""
+    from cmidps.cmi import cmi_gradient
+    from cmidps.diffusion import Schedule, x0_from_eps
+
+    prior = GaussianMixturePrior(*_mixture())
+    c = Schedule.linear().respace(20).at(10)
+    A = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=D) / math.sqrt(3)
+    op = DenseOperator(A)
+    x0_fn = lambda z: x0_from_eps(z, prior.eps(z, c.t)[0], c)  # noqa: E731
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(5), dtype=D).requires_grad_(True)
+    has_grad = "grad" in {f.name for f in dataclasses.fields(CMIConfig)}
+
+    def estimate(probes, gen):
+        cfg = CMIConfig(estimator=estimator, probes=probes, **({"grad": grad} if has_grad else {}))
+        kw = {"x0_fn": x0_fn} if has_grad else {}
+        return cmi_gradient(x, x0_fn(x), c, op, SIGMA_Y, cfg, gen, **kw)
+
+    together = estimate(4, torch.Generator().manual_seed(9))
+    gen = torch.Generator().manual_seed(9)
+    singles = torch.stack([estimate(1, gen) for _ in range(4)])
+    assert (singles - singles.mean(0)).abs().max() > 1e-3 * singles.abs().max()  # the probes differ
+    torch.testing.assert_close(together, singles.mean(0), rtol=1e-6 if grad == "autodiff" else 1e-3, atol=1e-12)
