@@ -98,3 +98,19 @@ def test_component_posteriors_match_the_grid():
         _, mean_ref, cov_ref, _ = _grid_posterior(one + 1e-300, means, covs, A, y, sigma_y, [-7, -7], [7, 8], 501)
         torch.testing.assert_close(post.means[j], mean_ref, rtol=1e-7, atol=1e-8)
         torch.testing.assert_close(post.cov[j], cov_ref, rtol=1e-6, atol=1e-8)
+
+
+def test_mixture_sampler_matches_its_moments():
+    """GaussianMixturePrior.sample (the reference and floor sets of bench gmm): component frequencies,
+    mean and covariance of 40000 draws against the mixture's closed-form moments (non-diagonal S_k, so a
+    transposed Cholesky factor would show)."""
+    weights = torch.tensor([0.3, 0.7], dtype=D)
+    means = torch.tensor([[2.0, -1.0], [-1.0, 1.0]], dtype=D)
+    covs = torch.tensor([[[1.0, 0.8], [0.8, 1.0]], [[0.5, -0.3], [-0.3, 2.0]]], dtype=D)
+    x = GaussianMixturePrior(weights, means, covs).sample(40000, torch.Generator().manual_seed(0))
+    mean = (weights[:, None] * means).sum(0)
+    cov = (weights[:, None, None] * (covs + means[:, :, None] * means[:, None, :])).sum(0) - mean[:, None] * mean[None]
+    torch.testing.assert_close(x.mean(0), mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(x.T), cov, atol=0.06, rtol=0)
+    near_first = ((x - means[0]).norm(dim=1) < (x - means[1]).norm(dim=1)).double().mean()
+    assert 0.2 < float(near_first) < 0.4
