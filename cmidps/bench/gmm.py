@@ -21,131 +21,31 @@ scores go into the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..cmi import CMIConfig, ESTIMATORS, ETA_SCHEDULES, GRADS, KINV
 from ..commands.outputs import check_output_file, is_json_with, write_json
-from ..operators import DenseOperator
-from .intervals import interval
-from ..prior import GaussianMixturePrior
-from ..methods.drivers import DRIVERS, DRIVER_STEP_PARAM
-from ..methods.samplers import STEP_PARAM, make_rule
+from .gmm_setup import (BASELINES, CMI_BASELINES, DEFAULT_ETA_GRID, DEFAULT_GRID, DEFAULT_STEP, METHODS,  # noqa: F401
+                        SOLVER_FIXED, TUNED_PARAM, Problem, base_of, draw_problem, random_directions, references,
+                        rule_params, sliced_wasserstein, wasserstein2_1d)
+from .gmm_report import format_table, mean_ci, ranking, summarize  # noqa: F401
+from ..methods.drivers import DRIVERS
+from ..methods.samplers import make_rule
 from ..sampling import SamplingDiverged, sample
 
-DTYPE = torch.float64
-# The paper's baselines, then the field's solvers (cmidps.solvers: rules; cmidps.drivers: DAPS, RED-diff).
-BASELINES = ("dps", "pigdm", "mcg", "dsg", "ddnm", "ddnm_plus", "ddnm_svd", "ddrm", "diffpir", "tmpd", "daps",
-             "reddiff")
-CMI_BASELINES = tuple(b for b in BASELINES if b not in DRIVERS)  # CMI needs an x_t proposal (docs/solvers.md)
-METHODS = tuple(m for x in BASELINES for m in ((x, "cmi+" + x) if x in CMI_BASELINES else (x,)))
-TUNED_PARAM = {**STEP_PARAM, **DRIVER_STEP_PARAM}  # the tuned parameter of each method (DDNM, DDNM+: none)
-DEFAULT_STEP = {"dps": 1.0, "pigdm": 1.0, "mcg": 1.0, "dsg": 0.2, "diffpir": 1.0, "tmpd": 1.0, "daps": 1e-3,
-                "reddiff": 0.25}
-DEFAULT_GRID = {"dps": [0.1, 0.3, 1.0, 3.0], "pigdm": [0.3, 1.0, 2.0, 4.0],
-                "mcg": [0.1, 0.3, 1.0, 3.0], "dsg": [0.1, 0.2, 0.5, 1.0],
-                "diffpir": [0.3, 1.0, 3.0, 10.0], "tmpd": [0.3, 0.5, 1.0, 1.5],
-                "daps": [1e-4, 1e-3, 1e-2, 3e-2], "reddiff": [0.03, 0.1, 0.3, 1.0]}
-# Fixed settings of the field's solvers here (not tuned): DiffPIR's noise share, TMPD's CG, DAPS's chain.
-SOLVER_FIXED = {"diffpir": {"zeta": 0.3}, "tmpd": {"cg_iters": 20},
-                "daps": {"langevin_steps": 20, "ode_steps": 1, "lr_min_ratio": 0.01},
-                "reddiff": {"lam": 0.25}}
-DEFAULT_ETA_GRID = [0.01, 0.03, 0.1, 0.3]
 MAX_DIM = 100_000  # bounds of --dim/--meas and of the sample counts: larger would exhaust memory, not run
 MAX_SAMPLES = 1_000_000
 
 # Offsets that derive independent generator seeds from a problem seed.
-_SAMPLER, _CMI, _REF, _FLOOR = 1_000_003, 2_000_003, 3_000_003, 4_000_003
-
-
-# --- the prior with a fast exact score --------------------------------------------------------------
-# --- the problem ---------------------------------------------------------------------------------
-@dataclass
-class Problem:
-    seed: int
-    prior: GaussianMixturePrior
-    op: DenseOperator
-    A: torch.Tensor
-    sigma_y: float
-    x_star: torch.Tensor  # (1, d)
-    y: torch.Tensor  # (1, m)
-    posterior: GaussianMixturePrior
-
-
-def draw_problem(dim: int, meas: int, seed: int) -> Problem:
-    """One MCGdiff problem, a deterministic function of ``(dim, meas, seed)``."""
-    g = torch.Generator().manual_seed(seed)
-    prior = GaussianMixturePrior.mcgdiff(dim, g, DTYPE)
-    a = torch.randn(meas, dim, generator=g, dtype=DTYPE)
-    u, _, vh = torch.linalg.svd(a, full_matrices=False)
-    s = torch.rand(min(meas, dim), generator=g, dtype=DTYPE).sort(descending=True).values
-    A = u @ torch.diag(s) @ vh
-    sigma_y = float(torch.rand(1, generator=g, dtype=DTYPE)) * float(s.max())
-    x_star = prior.sample(1, g)
-    y = x_star @ A.T + sigma_y * torch.randn(1, meas, generator=g, dtype=DTYPE)
-    post = prior.posterior(A, y[0], sigma_y)
-    return Problem(seed, prior, DenseOperator(A), A, sigma_y, x_star, y, post)
-
-
-# --- sliced Wasserstein-2 ------------------------------------------------------------------------
-def random_directions(dim: int, n: int, seed: int = 0, dtype=DTYPE) -> torch.Tensor:
-    """``n`` unit vectors uniform on the sphere of R^dim, from a fixed seed: ``(n, dim)``."""
-    th = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    return th / th.norm(dim=1, keepdim=True)
-
-
-def wasserstein2_1d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact squared W2 between the empirical measures of the columns of ``a`` (n1, L) and ``b`` (n2, L).
-
-    W2^2 = int_0^1 (F_a^-1(u) - F_b^-1(u))^2 du; both quantile functions are step functions, so the
-    integral is a sum over the merged breakpoints {k / n1} u {k / n2}. Returns (L,).
-    """
-    n1, n2 = a.shape[0], b.shape[0]
-    qa, qb = a.sort(0).values, b.sort(0).values
-    if n1 == n2:
-        return ((qa - qb) ** 2).mean(0)
-    br = torch.cat([torch.arange(1, n1 + 1, dtype=a.dtype) / n1, torch.arange(1, n2 + 1, dtype=a.dtype) / n2]).sort().values
-    lo = torch.cat([torch.zeros(1, dtype=a.dtype), br[:-1]])
-    width, mid = br - lo, 0.5 * (br + lo)
-    ia = (mid * n1).floor().long().clamp(0, n1 - 1)
-    ib = (mid * n2).floor().long().clamp(0, n2 - 1)
-    return (width[:, None] * (qa[ia] - qb[ib]) ** 2).sum(0)
-
-
-def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, directions: int | torch.Tensor = 1000,
-                       seed: int = 0) -> float:
-    """Sliced Wasserstein-2: sqrt(mean over unit directions theta of W2^2(<theta, x>, <theta, y>)).
-
-    ``directions`` is a count (drawn from ``seed``) or an ``(L, d)`` tensor of unit vectors.
-    """
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"need two (n, d) sample sets, got {tuple(x.shape)} and {tuple(y.shape)}")
-    x, y = x.to(DTYPE), y.to(DTYPE)
-    th = random_directions(x.shape[1], directions, seed) if isinstance(directions, int) else directions.to(DTYPE)
-    return float(wasserstein2_1d(x @ th.T, y @ th.T).mean().sqrt())
+_SAMPLER, _CMI = 1_000_003, 2_000_003  # (the reference's and the floor's: cmidps.bench.gmm_setup)
 
 
 # --- running methods -------------------------------------------------------------------------------
-def base_of(method: str) -> str:
-    return method[4:] if method.startswith("cmi+") else method
-
-
-def rule_params(method: str, params: dict) -> dict:
-    """The rule's keyword arguments for ``method`` from the settings dict (see :func:`settings_from_args`)."""
-    base = base_of(method)
-    kw = {TUNED_PARAM[base]: params["step"][base]} if base in TUNED_PARAM else {}
-    if base == "dsg":
-        kw["interval"] = params["dsg_interval"]
-    kw.update(SOLVER_FIXED.get(base, {}))
-    return kw
-
-
 def run_method(problem: Problem, method: str, params: dict, steps: int, samples: int,
                cmi: CMIConfig | None = None) -> torch.Tensor:
     """Samples of ``method`` on ``problem`` (raises SamplingDiverged)."""
@@ -187,13 +87,6 @@ def evaluate(problem: Problem, method: str, params: dict, ref: torch.Tensor, the
     if diverged:
         out["diverged"] = True
     return out
-
-
-def references(problem: Problem, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent exact posterior sample sets (reference and floor)."""
-    ref = problem.posterior.sample(n, torch.Generator().manual_seed(problem.seed + _REF))
-    other = problem.posterior.sample(n, torch.Generator().manual_seed(problem.seed + _FLOOR))
-    return ref, other
 
 
 # --- tuning ----------------------------------------------------------------------------------------
@@ -284,96 +177,6 @@ def run_benchmark(params: dict, methods: list[str], seeds: list[int], progress: 
             bar.update()
     bar.close()
     return {"config": {**params, "methods": list(methods), "seeds": list(seeds)}, "results": results, "floor": floor}
-
-
-# --- summaries -------------------------------------------------------------------------------------
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width t_{0.975, n-1} sd / sqrt(n) of its 95% interval (``nan`` for n < 2):
-    :func:`cmidps.bench.intervals.interval`, the helper of every report."""
-    iv = interval(values)
-    return iv.mean, iv.half_width
-
-
-def _verdict(values: list[float]) -> str:
-    """'excludes 0', 'includes 0' or 'too few to test' (n < 5) for the paired differences ``values``."""
-    return interval(values).verdict
-
-
-def summarize(out: dict) -> dict:
-    """Per-method mean +- 95% CI of SW2 and seconds, the floor, and paired CMI+X vs X statistics."""
-    steps = out["config"]["steps"]
-    by = {}
-    for r in out["results"]:
-        by.setdefault(r["method"], []).append(r)
-    methods = [m for m in out["config"]["methods"] if m in by]
-    per = {}
-    for m in methods:
-        ok = [r["sw2"] for r in by[m] if r["sw2"] is not None]
-        secs = [r["seconds"] for r in by[m]]
-        per[m] = {"sw2": mean_ci(ok), "seconds": mean_ci(secs), "n": len(ok), "diverged": len(by[m]) - len(ok),
-                  "sec_per_step": sum(secs) / len(secs) / steps}
-    paired = {}
-    for x in BASELINES:
-        cx = "cmi+" + x
-        if x not in by or cx not in by:
-            continue
-        bx = {r["seed"]: r["sw2"] for r in by[x]}
-        bc = {r["seed"]: r["sw2"] for r in by[cx]}
-        common = [s for s in bx if s in bc and bx[s] is not None and bc[s] is not None]
-        diffs = [bc[s] - bx[s] for s in common]
-        paired[x] = {"wins": sum(d < 0 for d in diffs), "losses": sum(d > 0 for d in diffs),
-                     "ties": sum(d == 0 for d in diffs), "n": len(common), "diff": mean_ci(diffs),
-                     "verdict": _verdict(diffs),
-                     "cost_ratio": per[cx]["sec_per_step"] / per[x]["sec_per_step"]}
-    return {"methods": per, "floor": mean_ci([f["sw2"] for f in out["floor"]]), "paired": paired,
-            "ranking": ranking(by, per)}
-
-
-def ranking(by: dict, per: dict) -> list[dict]:
-    """Methods by mean SW2 (those that diverged on some seed last), each with its paired difference to
-    the first: mean of SW2(method) - SW2(best) over the seeds both finished, with its 95% interval."""
-    order = sorted(per, key=lambda m: (per[m]["diverged"] > 0, per[m]["sw2"][0]))
-    if not order:
-        return []
-    best = {r["seed"]: r["sw2"] for r in by[order[0]]}
-    rows = []
-    for m in order:
-        mine = {r["seed"]: r["sw2"] for r in by[m]}
-        diffs = [mine[k] - best[k] for k in mine if k in best and mine[k] is not None and best[k] is not None]
-        rows.append({"method": m, "sw2": per[m]["sw2"], "diverged": per[m]["diverged"], "vs_best": mean_ci(diffs),
-                     "n": len(diffs), "verdict": _verdict(diffs) if m != order[0] else ""})
-    return rows
-
-
-def format_table(out: dict) -> str:
-    s = summarize(out)
-    cfg = out["config"]
-    lines = [f"GMM benchmark d={cfg['dim']} m={cfg['meas']}, {len(cfg['seeds'])} seeds, {cfg['steps']} steps, "
-             f"{cfg['samples']} samples, CMI {cfg['cmi']['estimator']}/{cfg['cmi']['kinv']}",
-             f"{'method':<12} {'SW2 mean +- 95%':>20} {'seconds':>16} {'ms/step':>8} {'params':<24}"]
-    for m, v in s["methods"].items():
-        mu, ci = v["sw2"]
-        sm, sci = v["seconds"]
-        kw = rule_params(m, cfg)
-        if m.startswith("cmi+"):
-            kw["eta"] = cfg["eta"][base_of(m)]
-        div = f" ({v['diverged']} diverged)" if v["diverged"] else ""
-        lines.append(f"{m:<12} {mu:>10.4f} +- {ci:<7.4f} {sm:>7.2f} +- {sci:<5.2f} {1000 * v['sec_per_step']:>8.2f} "
-                     f"{', '.join(f'{k}={w:g}' for k, w in kw.items())}{div}")
-    fm, fci = s["floor"]
-    lines.append(f"{'floor':<12} {fm:>10.4f} +- {fci:<7.4f}")
-    if s["paired"]:
-        lines.append(f"{'paired':<12} {'CMI+X wins/n':>13} {'mean SW2(CMI+X) - SW2(X) +- 95%':>34} {'cost ratio':>11}")
-        for x, p in s["paired"].items():
-            dm, dci = p["diff"]
-            lines.append(f"{'cmi+' + x + ' vs ' + x:<18} {p['wins']:>3}/{p['n']:<3} {dm:>+14.4f} +- {dci:<10.4f} "
-                         f"{p['cost_ratio']:>9.2f}x  {p['verdict']}")
-    lines.append(f"{'rank':<5} {'method':<16} {'SW2 - SW2(best) +- 95% (paired)':>32}")
-    for k, r in enumerate(s["ranking"], 1):
-        dm, dci = r["vs_best"]
-        div = f" ({r['diverged']} diverged)" if r["diverged"] else ""
-        lines.append(f"{k:<5} {r['method']:<16} {dm:>+14.4f} +- {dci:<10.4f}{div}  {r['verdict']}")
-    return "\n".join(lines)
 
 
 # --- command line ----------------------------------------------------------------------------------
