@@ -134,7 +134,7 @@ def test_config_rejects_unknown_options():
         CMIConfig(kinv="svd")
 
 
-# --- the frozen-convolution path of the UNet (cmidps.models.unet._FrozenConv) ----------------------
+# --- the frozen-convolution path of the UNet (cmidps.models.layers._FrozenConv) ----------------------
 def _tiny_unet():
     from cmidps.models.unet import create_model
 
