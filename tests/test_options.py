@@ -36,6 +36,14 @@ def files(tmp_path_factory, tiny_model, digit_png):
         edit(cfg)
         (root / name / "config.json").write_text(json.dumps(cfg))
     (root / "kwargs.json").write_text(json.dumps({"image_size": 16, "bogus": 3}))
+    for name in ("diffusers_no_weights", "diffusers_bad_weights"):  # a diffusers folder, broken
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "sample_size": 16,
+                                                             "in_channels": 1, "out_channels": 1}))
+        (root / name / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "linear"}))
+    (root / "diffusers_bad_weights" / "diffusion_pytorch_model.bin").write_bytes(b"not weights")
+    (root / "bad_json").mkdir()
+    (root / "bad_json" / "config.json").write_text('{"_class_name": "UNet2DModel", broken')
     return root
 
 
@@ -182,6 +190,9 @@ CASES = {
     "model_config_file_unknown_key": (restore("--model-config", "{inputs}/kwargs.json",
                                               model="{inputs}/tiny/model.safetensors"), r"'bogus'"),
     "model_missing_checkpoint": (restore(model="{out}/none.pt"), r"checkpoint not found"),
+    "model_diffusers_no_weights": (restore(model="{inputs}/diffusers_no_weights"), r"has no weights"),
+    "model_diffusers_bad_weights": (restore(model="{inputs}/diffusers_bad_weights"), r"could not be loaded"),
+    "model_config_not_json": (restore(model="{inputs}/bad_json"), r"config.json' is not valid JSON"),
 }
 
 

@@ -432,10 +432,23 @@ def load_prior(spec: str, device="cpu", model_config=None):
 def _load_diffusers(path: Path, device):
     """A diffusers folder as a prior; a config that diffusers cannot read, or NaN weights, is one
     ``CheckpointError`` line naming the folder."""
+    import warnings
+
     from .diffusers_adapter import load_diffusers_prior
 
+    unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+    weights = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+    if not any((unet_dir / w).is_file() for w in weights):
+        raise FileNotFoundError(f"diffusers folder {str(path)!r} has no weights: expected {' or '.join(weights)} in "
+                                f"{str(unet_dir)!r}")
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)  # its advice and error lines would break our one line
     try:
-        prior = load_diffusers_prior(path, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            prior = load_diffusers_prior(path, device=device)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"a config file of the diffusers folder {str(path)!r} is not valid JSON ({exc})") from None
     except (ValueError, FileNotFoundError, CheckpointError):
@@ -444,5 +457,7 @@ def _load_diffusers(path: Path, device):
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CheckpointError(f"diffusers folder {str(path)!r} could not be loaded ({type(exc).__name__}: {first}); "
                               f"check its config.json and scheduler config") from None
+    finally:
+        diffusers_logging.set_verbosity(level)
     check_finite_weights(prior.named_parameters() if hasattr(prior, "named_parameters") else (), path)
     return prior
