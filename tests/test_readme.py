@@ -142,6 +142,7 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     100 steps, too slow here): it runs as written otherwise and its images are finite and in [0, 1]."""
     (code,) = [b for b in readme_blocks("python") if "restore(" in b]
     assert "steps=100" in code
+    (tmp_path / "docs").symlink_to(ROOT / "docs")  # the user's-own-measurement lines read docs/examples
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(re.sub(r"steps=100\b", "steps=3", code), "README.md (Python API)", "exec"), scope)
@@ -150,6 +151,8 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     for name in ("x_dps", "x_cmi"):
         x = scope[name]
         assert x.shape == scope["x"].shape and torch.isfinite(x).all() and 0 <= float(x.min()) <= float(x.max()) <= 1
+    own = scope["x_own"]
+    assert own.shape == (1, 1, 32, 32) and torch.isfinite(own).all()
 
 
 def test_restore_takes_the_task_and_its_step_size_from_the_operator(tiny_model):
