@@ -183,6 +183,8 @@ CASES = {
     "restore_weight_nan": (restore("--weight", "nan"), r"--weight"),
     "restore_gamma_negative": (restore("--gamma", "-0.1"), r"--gamma"),
     "restore_step_nan": (restore("--step", "dps=nan"), r"--step"),
+    "restore_step_of_another_method": (restore("--step", "mcg=1"), r"--step mcg=.*not a method of this run"),
+    "restore_zeta_for_pigdm": (restore("--method", "pigdm", "--zeta", "2"), r"--zeta applies to none"),
     # models (cmidps/models/loading.py): one line, at load, before any sampling
     "model_nan_weights": (restore(model="{inputs}/nan_model"), r"hold NaN or infinite values"),
     "model_unknown_config_key": (restore(model="{inputs}/unknown_key"), r"unknown create_model key\(s\) 'bogus'"),

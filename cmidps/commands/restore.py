@@ -22,7 +22,7 @@ from pathlib import Path
 from . import restore_record as _record
 from .options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_kernel_arguments,
                       add_measurement_arguments, cmi_config, convert_option, positive_int, resolve_device,
-                      step_params)
+                      check_step_overrides, method_params)
 from .restore_inputs import (NONLINEAR, RECORD_KIND, Item, RestoreError, _batches, _check_items,  # noqa: F401
                              _side_files, check_outputs, check_request, plan, read_mask, sigma_y_value)
 from .restore_record import (SIGMA_UNIT, Scorer, _absolute_options, _command, _difference, _jsonable,  # noqa: F401
@@ -150,6 +150,7 @@ def run(args) -> int:
 
     base, use_cmi = parse_method(args.method)
     method = f"cmi+{base}" if (use_cmi or args.cmi) else base
+    check_step_overrides(args, [method])  # a --step / --zeta that this method does not take: an error, not ignored
 
     from ..models.loading import load_prior
 
@@ -250,10 +251,7 @@ def _restore_batch(ctx: dict, batch: list[Item]) -> None:
             sigma_y = preset.sigma_y if args.sigma_y is None else float(args.sigma_y)
     if any(it.truth is not None for it in batch):
         truth = torch.stack([load_image(it.truth, shape, convert=convert) for it in batch]).to(device)
-    from . import options
-
-    # the step sizes given on the command line: per method (--step METHOD=VALUE) where offered
-    params = options.method_params(args, ctx["method"]) if hasattr(options, "method_params") else step_params(args)
+    params = method_params(args, ctx["method"])  # the step sizes given on the command line (--zeta, --step METHOD=VALUE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PresetStepsWarning)
         out = restore(prior, op, y, ctx["method"], steps=ctx["steps"], seed=args.seed, sigma_y=sigma_y,
