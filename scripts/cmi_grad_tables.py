@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/cmi_grad_tables.py sweep docs/results/cmi_grad_sweep.json
     .venv/bin/python scripts/cmi_grad_tables.py speed docs/results/speed_cmi_fd_run1.json [more runs]
+    .venv/bin/python scripts/cmi_grad_tables.py targets RUN1 RUN2 RUN3 [more runs]
 """
 import json
 import sys
@@ -37,7 +38,7 @@ def speed(paths):
     print("|---" * 10 + "|")
     for k, path in enumerate(paths, 1):
         res = json.loads(Path(path).read_text())
-        by = res.get("by_model", {res["config"]["model"]: res})
+        by = res["by_model"] if "by_model" in res else {res["config"]["model"]: res}
         for spec, r in by.items():
             m = r["methods"]
             ratio = lambda key: f"{m[key]['cpu_ratio_to_baseline']:.2f}" if key in m else "-"  # noqa: E731
@@ -49,8 +50,36 @@ def speed(paths):
                   f"{m['cmi+dps']['network_evals_per_step']:.0f} | {mem} | {chk} |")
 
 
+def _by_size(paths):
+    """{size: [entry per run that has it]} (entries are a run's per-model result)."""
+    out = {}
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        for spec, r in res.get("by_model", {"one": res}).items():
+            size = r["config"]["shape"][-1] if "config" in r else int(spec.split(":")[1])
+            out.setdefault(size, []).append(r["methods"])
+    return dict(sorted(out.items()))
+
+
+def targets(paths):
+    sizes = _by_size(paths)
+    print("| ratio (CPU time, one run each) | " + " | ".join(f"{s} px" for s in sizes) + " |")
+    print("|---" * (len(sizes) + 1) + "|")
+    for key, label in (("cmi+dps", "CMI+DPS / DPS (target <= 2.1)"), ("cmi+pigdm", "CMI+PiGDM / PiGDM (<= 2.1)"),
+                       ("cmi+mcg", "CMI+MCG / MCG (<= 2.1)"), ("cmi+dsg", "CMI+DSG / DSG (<= 2.6)")):
+        cells = [" / ".join(f"{m[key]['cpu_ratio_to_baseline']:.2f}" for m in runs
+                            if "cpu_ratio_to_baseline" in m.get(key, {})) or "-"
+                 for runs in sizes.values()]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    cells = [" / ".join(f"{m['cmi+dps']['network_evals_per_step']:.0f}" for m in runs if "cmi+dps" in m)
+             for runs in sizes.values()]
+    print("| network evaluations per CMI+X step | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "sweep":
         sweep(sys.argv[2])
+    elif sys.argv[1] == "targets":
+        targets(sys.argv[2:])
     else:
         speed(sys.argv[2:])
