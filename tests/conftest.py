@@ -22,22 +22,12 @@ TINY_16 = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,
                num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
 
 
-def randomize_zero_init(net: torch.nn.Module, seed: int = 0, scale: float = 1.0) -> torch.nn.Module:
-    """Re-draw every layer whose weight is all zero (ADM's zero-initialised convolutions), seeded:
-    weight and bias uniform in +-scale/sqrt(fan_in) (torch's default convolution range). Other
-    parameters are left as they are. Returns ``net``."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in net.modules():
-            w = getattr(module, "weight", None)
-            if not isinstance(w, torch.nn.Parameter) or w.ndim < 2 or bool(w.any()):
-                continue
-            bound = scale / w[0].numel() ** 0.5
-            w.copy_((torch.rand(w.shape, generator=g, dtype=torch.float64) * 2 - 1).to(w.dtype) * bound)
-            b = getattr(module, "bias", None)
-            if isinstance(b, torch.nn.Parameter):
-                b.copy_((torch.rand(b.shape, generator=g, dtype=torch.float64) * 2 - 1).to(b.dtype) * bound)
-    return net
+def randomize_zero_init(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The package's :func:`cmidps.models.layers.redraw_zero_layers`, with the tests' draws in float64
+    (cast to the weights' dtype). Returns ``net``."""
+    from cmidps.models.layers import redraw_zero_layers
+
+    return redraw_zero_layers(net, seed, draw_dtype=torch.float64)
 
 
 def random_unet(seed: int = 0, **config) -> torch.nn.Module:

@@ -17,7 +17,6 @@ autodiff on the timed network (:func:`gradient_errors`), so a user sees the accu
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -287,7 +286,6 @@ def gradient_errors(prior, op, y, grads=("fd", "central"), rels=(None,), fractio
     the measured image x0 of ``y``'s batch (lowrank, one probe, the likelihood clamp of the prior).
     Returned as ``{grad: {rel: {fraction: error}}}`` (``rel`` as a string, ``"default"`` for None)."""
     from ..cmi import FD_REL, cmi_probes
-    from ..diffusion import x0_from_eps
     from ..sampling import _tweedie_at
 
     dtype = dtype or y.dtype
@@ -347,27 +345,10 @@ def machine_info(device) -> dict:
     return info
 
 
-def redraw_zero_layers(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Re-draw every layer whose weight is all zero (ADM zero-initialises the output convolution, the
-    last convolution of every residual branch and the attention projections): weight and bias uniform
-    in +-1/sqrt(fan_in), seeded, so that the network, its Jacobian and its Hessian are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in net.modules():
-            w = getattr(module, "weight", None)
-            if not isinstance(w, torch.nn.Parameter) or w.ndim < 2 or bool(w.any()):
-                continue
-            bound = 1.0 / w[0].numel() ** 0.5
-            w.copy_((torch.rand(w.shape, generator=g) * 2 - 1) * bound)
-            b = getattr(module, "bias", None)
-            if isinstance(b, torch.nn.Parameter):
-                b.copy_((torch.rand(b.shape, generator=g) * 2 - 1) * bound)
-    return net
-
-
 def random_adm_prior(image_size: int, device="cpu"):
     """The FFHQ ADM architecture (learned sigma) at ``image_size`` with random weights (the zero-initialised
-    layers re-drawn, :func:`redraw_zero_layers`)."""
+    layers re-drawn, :func:`~cmidps.models.layers.redraw_zero_layers`)."""
+    from ..models.layers import redraw_zero_layers
     from ..models.unet import FFHQ_256, create_model
     from ..prior import NetworkPrior
 

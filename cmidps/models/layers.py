@@ -96,6 +96,26 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+def redraw_zero_layers(net: nn.Module, seed: int = 0, draw_dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Undo :func:`zero_module` with random values, for networks that are not trained: re-draw every layer
+    whose weight is all zero (ADM zero-initialises the output convolution, the last convolution of every
+    residual branch and the attention projections), weight and bias uniform in +-1/sqrt(fan_in) (torch's
+    default convolution range), drawn in ``draw_dtype`` from a generator seeded with ``seed`` and cast to
+    the parameter's dtype; so that the network, its Jacobian and its Hessian are not trivial. Returns ``net``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            w = getattr(module, "weight", None)
+            if not isinstance(w, nn.Parameter) or w.ndim < 2 or bool(w.any()):
+                continue
+            bound = 1.0 / w[0].numel() ** 0.5
+            w.copy_((torch.rand(w.shape, generator=g, dtype=draw_dtype) * 2 - 1).to(w.dtype) * bound)
+            b = getattr(module, "bias", None)
+            if isinstance(b, nn.Parameter):
+                b.copy_((torch.rand(b.shape, generator=g, dtype=draw_dtype) * 2 - 1).to(b.dtype) * bound)
+    return net
+
+
 class TimestepBlock(nn.Module):
     """A module whose ``forward`` takes the timestep embedding as a second argument."""
 
