@@ -146,9 +146,8 @@ def int_list_text(lo: int = 1, empty_ok: bool = False, hi: int | None = None, un
             vals = [one(s) for s in items]
         except argparse.ArgumentTypeError as exc:
             raise argparse.ArgumentTypeError(f"each item {exc}") from None
-        dup = sorted({v for v in vals if vals.count(v) > 1})
-        if unique and dup:
-            raise argparse.ArgumentTypeError(f"lists {', '.join(map(str, dup))} more than once")
+        if unique:
+            _refuse_duplicates(vals)
         return ",".join(map(str, vals))
 
     parse.__name__ = "int_list_text"
@@ -186,9 +185,7 @@ def name_list(valid, what: str = "name", all_ok: bool = True):
             raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(map(repr, bad))}; valid: "
                                              f"{', '.join(valid)}" + (", or all" if all_ok else ""))
         out = [canon[s.lower()] for s in items]
-        dup = sorted({s for s in out if out.count(s) > 1})
-        if dup:
-            raise argparse.ArgumentTypeError(f"lists {', '.join(dup)} more than once")
+        _refuse_duplicates(out)
         return out
 
     parse.__name__ = "name_list"
@@ -223,9 +220,7 @@ def method_list(valid=None, cmi: bool = True):
                     raise argparse.ArgumentTypeError(str(exc)) from None
                 name = f"cmi+{base}" if use_cmi else base
             out.append(name)
-        dup = sorted({s for s in out if out.count(s) > 1})
-        if dup:
-            raise argparse.ArgumentTypeError(f"lists {', '.join(dup)} more than once (names are case-insensitive)")
+        _refuse_duplicates(out, " (names are case-insensitive)")
         return out
 
     parse.__name__ = "method_list"
@@ -243,15 +238,24 @@ def as_text(parse):
     return joined
 
 
+def _refuse_duplicates(values, note: str = "") -> None:
+    """``ArgumentTypeError('lists A, B more than once')`` if any value repeats (the one duplicate check
+    of every list option)."""
+    dup = sorted({v for v in values if values.count(v) > 1})
+    if dup:
+        raise argparse.ArgumentTypeError(f"lists {', '.join(map(str, dup))} more than once{note}")
+
+
 class UniqueInts(argparse.Action):
     """``nargs="+"`` integers (``type=int`` or a bounded one) without duplicates: a repeated value is an
     argparse error (``--seeds 0 0``)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         values = list(values) if isinstance(values, (list, tuple)) else [values]
-        dup = sorted({v for v in values if values.count(v) > 1})
-        if dup:
-            parser.error(f"argument {option_string}: lists {', '.join(map(str, dup))} more than once")
+        try:
+            _refuse_duplicates(values)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument {option_string}: {exc}")
         setattr(namespace, self.dest, values)
 
 
