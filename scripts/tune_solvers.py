@@ -16,15 +16,17 @@ The JSON's ``"params"`` is the table ``cmidps bench images --params`` reads.
 import cmidps  # noqa: F401  (OMP_WAIT_POLICY before torch)
 
 import argparse
+import fcntl
 import json
 import math
+import os
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-from cmidps.cmi import CMIConfig
+from cmidps.cmi import GRADS, CMIConfig
 from cmidps.data import load_mnist
 from cmidps.metrics import psnr
 from cmidps.models.loading import load_prior
@@ -46,6 +48,14 @@ GRIDS = {
 ETA_GRID = [1e-4, 1e-3, 1e-2]
 
 
+def _merged(theirs: dict, mine: dict) -> dict:
+    """``theirs`` updated by ``mine``, dicts merged key by key (mine wins at the leaves)."""
+    out = dict(theirs)
+    for k, v in mine.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def _key(v: float) -> str:
     return f"{v:.6g}"
 
@@ -56,7 +66,11 @@ class Tuner:
         self.path = Path(a.json)
         self.out = json.loads(self.path.read_text()) if self.path.is_file() else {}
         config = {k: v for k, v in vars(a).items() if k not in ("json", "methods", "tasks")}
-        if any(self.out.get("config", {}).get(k, v) != v for k, v in config.items() if k != "extend"):
+        old = dict(self.out.get("config", {}))
+        if old and "cmi_grad" not in old:
+            old["cmi_grad"] = "autodiff"  # tunings written before --cmi-grad used the autodiff CMI gradient
+            self.out["config"]["cmi_grad"] = "autodiff"
+        if any(old.get(k, v) != v for k, v in config.items() if k not in ("extend", "extend_low")):
             raise SystemExit(f"{self.path} holds a tuning with other settings ({self.out['config']}); use another --json")
         self.out.setdefault("config", config)
         self.out.setdefault("scores", {})
@@ -70,10 +84,16 @@ class Tuner:
         self.out["config"]["digits"] = {"split": "train", "indices": pick.tolist(), "labels": labels[pick].tolist()}
 
     def save(self):
+        """Write the JSON, merged with what other tuning processes wrote since (under a lock): two
+        processes tuning different methods into one file lose nothing."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.out, indent=1) + "\n")
-        tmp.replace(self.path)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.is_file():
+                self.out = _merged(json.loads(self.path.read_text()), self.out)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.out, indent=1) + "\n")
+            tmp.replace(self.path)
 
     def score(self, method, task, params, eta=None) -> float:
         """Mean PSNR of ``method`` on the tuning digits (cached in the JSON)."""
@@ -87,7 +107,7 @@ class Tuner:
         t0 = time.perf_counter()
         try:
             r = restore(self.prior, op, y, method, self.a.steps, self.a.seed, params=params, task=task,
-                        cmi=None if eta is None else CMIConfig(eta=eta), progress=False)
+                        cmi=None if eta is None else CMIConfig(eta=eta, grad=self.a.cmi_grad), progress=False)
             v = float(psnr(r, self.x).mean())
             if not math.isfinite(v):
                 v = None
@@ -147,9 +167,11 @@ def main():
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--extend", type=int, default=3, help="grid extensions past the upper edge")
     p.add_argument("--extend-low", type=int, default=2, help="grid extensions past the lower edge")
+    p.add_argument("--cmi-grad", default=CMIConfig.grad, choices=GRADS,
+                   help="the CMI gradient of the cmi+X runs (a tuning JSON keeps one; older ones used autodiff)")
     p.add_argument("--json", required=True)
     a = p.parse_args()
-    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     warnings.filterwarnings("ignore", message=".*was tuned for")  # the preset's steps notice: 20 steps on purpose
     t = Tuner(a)
     for method in a.methods.split(","):
