@@ -113,14 +113,17 @@ def params(folder):
     t = json.loads((folder / "tuning.json").read_text())
     c = t["config"]
     print(f"Tuned on {c['images']} training digits (indices {c['digits']['indices']}), seed {c['seed']}, "
-          f"{c['steps']} steps; best mean PSNR; an edge that wins is extended (at most {c['extend_low']} steps "
-          f"down, {c.get('extend', 3)} up).\n")
+          f"{c['steps']} steps, CMI gradient {c.get('cmi_grad', 'autodiff')}; best mean PSNR. An edge that wins is "
+          f"extended (at most {c['extend_low']} steps down, DiffPIR's lam 4, and {c.get('extend', 3)} up); a low "
+          "edge that still wins is scored against the end of the domain (eta = 0, which is X itself; DiffPIR's "
+          "lam = 0), which replaces it only if better by more than 0.01 dB.\n")
     print("| method | parameter | " + " | ".join(TASKS) + " |")
     print("|---" * (len(TASKS) + 2) + "|")
     for m, per in t["chosen"].items():
         if not (folder / m / "params.json").is_file():  # only the methods whose benchmark ran (tuning may go on)
             continue
         param = next(iter(per.values()))["param"]
+        scores = t["scores"].get(f"{m}@eta" if m.startswith("cmi+") else m, {})
         cells = []
         for task in TASKS:
             ch = per.get(task)
@@ -128,8 +131,15 @@ def params(folder):
                 cells.append("–")
                 continue
             s = f"{ch['value']:g}"
-            if ch["edge"]:
+            at_zero = scores.get(task, {}).get("0")
+            if ch["edge"] == "boundary":
+                s += " (domain end)"
+            elif ch["edge"] == "all diverged":
+                s = "– (every value blew up)"
+            elif ch["edge"]:
                 s += f" ({ch['edge']} edge)"
+            elif ch["value"] == min(ch["grid"][1:] if ch["grid"][0] == 0 else ch["grid"]) and at_zero is not None:
+                s += f" ({param} = 0 {at_zero - ch['psnr']:+.3f} dB)"
             cells.append(s)
         print(f"| {m} | {param} | " + " | ".join(cells) + " |")
 

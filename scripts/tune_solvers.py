@@ -4,8 +4,11 @@ For each (method, task): the method's step size (DPS/MCG zeta, PiGDM weight, DSG
 TMPD weight, DAPS lr, RED-diff lr) is picked from a geometric grid by the best mean PSNR on
 ``--images`` training digits (one seed, ``--steps`` steps, the bundled prior's ``small`` preset).
 Then each cmi+X's eta is picked the same way with X's step size fixed. A grid whose best value sits
-on an edge is extended by its ratio (up to ``--extend`` times each way), so the chosen value is
-inside the grid unless the JSON says ``"edge"``. A run that blows up scores -inf (``"diverged"``).
+on an edge is extended by its ratio (up to ``--extend`` times up, ``--extend-low`` down); a low edge that
+still wins is then compared with the end of the parameter's domain (eta = 0, i.e. X itself; DiffPIR's
+lam = 0), which is chosen if it is better by more than 0.01 dB and otherwise brackets the choice. So
+the chosen value is inside the grid unless the JSON's ``"edge"`` says otherwise ("high", "boundary":
+the domain's end won, "all diverged"). A run that blows up scores -inf (``"diverged"``).
 
 Resumable: every evaluation is saved to ``--json`` at once, and a rerun skips the ones already there.
 The JSON's ``"params"`` is the table ``cmidps bench images --params`` reads.
@@ -46,6 +49,11 @@ GRIDS = {
     "reddiff": ("lr", [0.03, 0.1, 0.3, 1.0]),
 }
 ETA_GRID = [1e-4, 1e-3, 1e-2]
+# where a parameter's domain ends at a value that can be run: DiffPIR's lam = 0 (rho_t = 0, the exact
+# projection onto A x = y); eta = 0 (cmi+X is X) is the other one
+BOUNDARY = {("diffpir", "lam"): 0.0}
+EXTEND_LOW = {"diffpir": 4}  # grid extensions past the lower edge where --extend-low's default is too few
+TIE = 0.01  # dB: a boundary within this of the grid's best brackets it rather than replacing it
 
 
 def _merged(theirs: dict, mine: dict) -> dict:
@@ -120,23 +128,34 @@ class Tuner:
         print(f"{name:16s} {task:15s} {_key(val):>8s}: {v if v is None else round(v, 3)}", flush=True)
         return -math.inf if v is None else v
 
-    def search(self, grid, f):
-        """Best value of ``f`` over ``grid``, extending the grid past an edge that wins."""
+    def search(self, grid, f, boundary=None, extend_low=None):
+        """Best value of ``f`` over ``grid``, extending the grid past an edge that wins. Where the low
+        edge still wins and the parameter's domain ends at ``boundary`` (eta = 0 is X itself, DiffPIR's
+        lam = 0 its exact data projection), the boundary is scored too: it is chosen if it beats the
+        grid's best by more than ``TIE`` dB, and otherwise it brackets the grid's best from below."""
         grid = list(grid)
         ratio = grid[1] / grid[0]
         ext = {"low": 0, "high": 0}
         while True:
             scores = {v: f(v) for v in grid}
             best = max(grid, key=lambda v: scores[v])
-            if best == grid[0] and ext["low"] < self.a.extend_low and math.isfinite(scores[best]):
+            if best == grid[0] and ext["low"] < (extend_low or self.a.extend_low) and math.isfinite(scores[best]):
                 grid.insert(0, grid[0] / ratio)
                 ext["low"] += 1
             elif best == grid[-1] and ext["high"] < self.a.extend and math.isfinite(scores[best]):
                 grid.append(grid[-1] * ratio)
                 ext["high"] += 1
             else:
-                edge = "low" if best == grid[0] else "high" if best == grid[-1] else None
-                return best, scores, edge
+                break
+        if not any(math.isfinite(v) for v in scores.values()):
+            return best, scores, "all diverged"
+        edge = "low" if best == grid[0] else "high" if best == grid[-1] else None
+        if edge == "low" and boundary is not None:
+            scores[boundary] = f(boundary)
+            if scores[boundary] > scores[best] + TIE:
+                return boundary, scores, "boundary"
+            edge = None
+        return best, scores, edge
 
     def tune(self, method, task):
         base, use_cmi = parse_method(method)
@@ -144,12 +163,13 @@ class Tuner:
             p = dict(self.out["params"].get(base, {}).get(task, {}))
             if base in GRIDS and not p:
                 raise SystemExit(f"tune {base} before {method}")
-            best, scores, edge = self.search(ETA_GRID, lambda e: self.score(method, task, p, eta=e))
+            best, scores, edge = self.search(ETA_GRID, lambda e: self.score(method, task, p, eta=e), boundary=0.0)
             self.out["params"].setdefault(method, {})[task] = {"eta": best}
             param = "eta"
         else:
             param, grid = GRIDS[base]
-            best, scores, edge = self.search(grid, lambda v: self.score(method, task, {param: v}))
+            best, scores, edge = self.search(grid, lambda v: self.score(method, task, {param: v}),
+                                             boundary=BOUNDARY.get((base, param)), extend_low=EXTEND_LOW.get(base))
             self.out["params"].setdefault(base, {})[task] = {param: best}
         self.out["chosen"].setdefault(method, {})[task] = {
             "param": param, "value": best, "psnr": scores[best], "edge": edge,
@@ -166,7 +186,8 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--extend", type=int, default=3, help="grid extensions past the upper edge")
-    p.add_argument("--extend-low", type=int, default=2, help="grid extensions past the lower edge")
+    p.add_argument("--extend-low", type=int, default=2,
+                   help=f"grid extensions past the lower edge (per method where it needs more: {EXTEND_LOW})")
     p.add_argument("--cmi-grad", default=CMIConfig.grad, choices=GRADS,
                    help="the CMI gradient of the cmi+X runs (a tuning JSON keeps one; older ones used autodiff)")
     p.add_argument("--json", required=True)
