@@ -84,7 +84,8 @@ _LARGE_STEP_SIZES = {
     "dsg": {"*": {"gamma": 0.2, "interval": 1}},  # DSG's defaults
     # The field's solvers (docs/solvers.md): their papers' / codes' defaults.
     "diffpir": {"*": {"lam": 7.0, "zeta": 0.3}},
-    "tmpd": {"*": {"weight": 1.0}},
+    # the TMPD code's image path: K by the row sums of A C A^T (its KGDMVPplus; docs/solvers.md)
+    "tmpd": {"*": {"weight": 1.0, "cov": "rowsum"}},
     "daps": {"*": {"lr": 1e-4, "langevin_steps": 100, "tau": 0.01}},
     "reddiff": {"*": {"lr": 0.25, "lam": 0.25}},
 }
@@ -138,7 +139,7 @@ PRESETS: dict[str, Preset] = {
             "dsg": {"*": {"gamma": 0.2, "interval": 1}},
             # The field's solvers (docs/solvers.md): their papers' / codes' defaults, not tuned on this prior.
             "diffpir": {"*": {"lam": 7.0, "zeta": 0.3}},
-            "tmpd": {"*": {"weight": 1.0}},
+            "tmpd": {"*": {"weight": 1.0, "cov": "rowsum"}},  # as in the TMPD code's image path
             "daps": {"*": {"lr": 1e-3, "langevin_steps": 20}},
             "reddiff": {"*": {"lr": 0.25, "lam": 0.25}},
         }),

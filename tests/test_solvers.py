@@ -205,6 +205,49 @@ def test_tmpd_direction_uses_the_exact_posterior_covariance():
     assert len(seen) == 6
 
 
+def test_tmpd_rowsum_replaces_k_by_the_diagonal_of_its_row_sums():
+    """cov="rowsum" (the TMPD code's image path): v = A^T (r / (sigma_y^2 + A C A^T 1)), elementwise,
+    re-derived here from the prior's exact C (symmetric for a Gaussian prior, so C^T = C)."""
+    prior, op, y, sigma_y, _ = _problem()
+    A = op.matrix
+    seen = []
+
+    def rule(s):
+        v = solvers.tmpd_direction(s, cov="rowsum")
+        C = prior.x0_given_xt_cov(None, s.c.abar)
+        k = sigma_y**2 + A @ C @ A.T @ torch.ones(3, dtype=D)
+        r = y - s.x0_hat.detach() @ A.T
+        torch.testing.assert_close(v, (r / k) @ A, rtol=1e-6, atol=1e-10)
+        seen.append(1)
+        return solvers.tmpd(s, cov="rowsum")
+
+    sample(prior, op, y, rule, steps=6, sigma_y=sigma_y, generator=torch.Generator().manual_seed(0), batch=3,
+           progress=False)
+    assert len(seen) == 6
+    with pytest.raises(ValueError, match="cov"):
+        sample(prior, op, y, partial(solvers.tmpd, cov="full"), steps=2, sigma_y=sigma_y,
+               generator=torch.Generator().manual_seed(0), batch=1, progress=False)
+
+
+def test_tmpd_rowsum_is_exact_where_k_is_diagonal():
+    """A mask and a prior with diagonal covariance: A C A^T is diagonal, its row sums are its diagonal,
+    and the row-sum path equals the CG solve (which is exact for a Gaussian prior)."""
+    d = 6
+    var = torch.linspace(0.3, 2.0, d, dtype=D)
+    prior = GaussianMixturePrior(torch.ones(1, dtype=D), torch.zeros(1, d, dtype=D), torch.diag(var)[None])
+    op = DenseOperator(torch.eye(d, dtype=D)[[0, 2, 3, 5]])  # a mask, as rows of the identity
+    y = op.A(torch.randn(1, d, generator=torch.Generator().manual_seed(2), dtype=D))
+
+    def both(s):
+        a = solvers.tmpd_direction(s, cov="rowsum")
+        b = solvers.tmpd_direction(s, cov="cg", cg_iters=20)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)  # CG stops at a 1e-6 relative residual
+        return solvers.tmpd(s, cov="rowsum")
+
+    sample(prior, op, y, both, steps=5, sigma_y=0.1, generator=torch.Generator().manual_seed(0), batch=2,
+           progress=False)
+
+
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_cmi_plus_solver_moves_the_step_and_eta_zero_is_the_solver(name):
     prior = GaussianMixturePrior.mcgdiff(8, torch.Generator().manual_seed(0))

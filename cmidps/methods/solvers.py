@@ -156,15 +156,35 @@ def diffpir(s: StepState, lam: float = 7.0, zeta: float = 0.3) -> torch.Tensor:
 
 
 # --- TMPD --------------------------------------------------------------------------------------------
-def tmpd_direction(s: StepState, cg_iters: int = 20) -> torch.Tensor:
-    """v = A^T K^{-1} (y - A x0_hat), K = sigma_y^2 I + A C A^T, C = (sigma_t^2 / sqrt(abar_t)) J (TMPD Eq. 9),
-    K^{-1} by conjugate gradients whose matrix products are denoiser JVPs (``cmi.make_kinv``, ``kinv="cg"``)."""
+TMPD_COVS = ("cg", "rowsum")
+
+
+def tmpd_direction(s: StepState, cg_iters: int = 20, cov: str = "cg") -> torch.Tensor:
+    """v = A^T K^{-1} (y - A x0_hat), K = sigma_y^2 I + A C A^T, C = (sigma_t^2 / sqrt(abar_t)) J (TMPD Eq. 9).
+
+    ``cov="cg"``: K^{-1} by conjugate gradients whose matrix products are denoiser JVPs (``cmi.make_kinv``,
+    ``kinv="cg"``); the TMPD code's full-Jacobian path (its GMM and small problems).
+    ``cov="rowsum"``: K replaced by the diagonal of its row sums, ``sigma_y^2 + A C^T A^T 1`` (one
+    vector-Jacobian product), then ``v = A^T ((y - A x0_hat) / k)`` elementwise; the TMPD code's image
+    path (its ``KGDMVPplus``, which applies ``A`` to a ones image; ``A 1 = 1`` for masks, average-pool
+    SR and normalised blurs, so the two agree on every task here). A learned network's J need not be
+    symmetric positive semi-definite, so K (and k) can be indefinite far from the data: the CG path
+    is then not a solve (docs/solvers.md measures where this happens on the bundled prior).
+    """
     require_linear(s.op, "TMPD")
+    if cov == "rowsum":
+        scale = s.c.sigma**2 / math.sqrt(s.c.abar)
+        ones = torch.ones_like(s.y).expand(s.x_t.shape[0], *s.y.shape[1:])
+        (jt,) = torch.autograd.grad(s.x0_hat, s.x_t, s.op.A_adjoint(ones), retain_graph=True)
+        k = float(s.sigma_y) ** 2 + s.op.A(scale * jt).detach()
+        return s.op.A_adjoint(s.residual() / k).detach()
+    if cov != "cg":
+        raise ValueError(f"TMPD cov must be one of {TMPD_COVS}, not {cov!r}")
     kinv = make_kinv(s.op, s.c, s.sigma_y, s.x_t, s.x0_hat, "cg", cg_iters)
     return s.op.A_adjoint(kinv(s.residual())).detach()
 
 
-def tmpd(s: StepState, weight: float = 1.0, cg_iters: int = 20) -> torch.Tensor:
+def tmpd(s: StepState, weight: float = 1.0, cg_iters: int = 20, cov: str = "cg") -> torch.Tensor:
     """TMPD (Boys et al. 2024): the DDPM step with the moment-projected conditional denoiser,
 
         E[x0 | x_t, y] ~ x0_hat + (sigma_t^2 / sqrt(abar_t)) J^T v,     v = :func:`tmpd_direction`,
@@ -173,12 +193,14 @@ def tmpd(s: StepState, weight: float = 1.0, cg_iters: int = 20) -> torch.Tensor:
     fixed) scaled by sigma_t^2 / sqrt(abar_t); then x_{t-1} = x'_{t-1} + weight coef_x0 (sigma_t^2 / sqrt(abar_t)) J^T v.
     For a Gaussian prior C is the exact Cov[x0 | x_t], J is symmetric and this is the exact E[x0 | x_t, y].
 
-    Cost per step: 1 network evaluation, ``cg_iters`` JVPs (each two backward passes, double-vjp)
-    for K^{-1}, and one backward for J^T v (fused with the CMI backward). Departures: J^T v (the
-    score form) where the Kalman form has C A^T K^{-1} r = J v (equal for a symmetric J); CG is
-    stopped at ``cg_iters`` or a 1e-6 relative residual; the loop's DDPM ancestral noise.
+    Cost per step: 1 network evaluation and one backward for J^T v (fused with the CMI backward), plus
+    for ``cov="cg"`` ``cg_iters`` JVPs (each two backward passes, double-vjp) for K^{-1}, or for
+    ``cov="rowsum"`` (the TMPD code's image path; the image presets' choice) one more backward.
+    Departures: J^T v (the score form) where the Kalman form has C A^T K^{-1} r = J v (equal for a
+    symmetric J); CG is stopped at ``cg_iters`` or a 1e-6 relative residual; the loop's DDPM ancestral
+    noise.
     """
-    v = tmpd_direction(s, cg_iters)
+    v = tmpd_direction(s, cg_iters, cov)
     return s.guided(v, weight * s.c.coef_x0 * s.c.sigma**2 / math.sqrt(s.c.abar))
 
 
