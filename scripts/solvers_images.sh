@@ -6,7 +6,8 @@
 # Needs the training digits: scripts/get_mnist.sh. Env: PYTHON (default .venv/bin/python), OUT (default
 # runs/mnist_solvers: the restored images), RES (default docs/results/mnist_solvers: results + tuning),
 # CMI_GRAD (default autodiff: the CMI gradient the published table's cmi+X rows were tuned and run with;
-# cmidps's default is fd, which needs a tuning JSON of its own, e.g. RES=docs/results/mnist_solvers_fd).
+# cmidps's default is fd, which needs a tuning JSON of its own, e.g. RES=docs/results/mnist_solvers_fd),
+# BASES (a tuning JSON whose plain methods' step sizes a cmi+X run here reuses, e.g. the autodiff table's).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-$root/.venv/bin/python}"
@@ -25,7 +26,7 @@ mkdir -p "$out/params" "$res"
 for m in "${methods[@]}"; do
   args=()
   if tuned "$m"; then
-    "$py" "$root/scripts/tune_solvers.py" --methods "$m" --steps $steps --images 4 --seed 100 --cmi-grad "$grad" --json "$tune"
+    "$py" "$root/scripts/tune_solvers.py" --methods "$m" --steps $steps --images 4 --seed 100 --cmi-grad "$grad" ${BASES:+--bases-from "$BASES"} --json "$tune"
     # this method's rows of the tuning table (a cmi+X run also needs X's step size)
     "$py" - "$tune" "$m" "$out/params/$m.json" <<'PY'
 import json, sys

@@ -191,6 +191,20 @@ def speed(path):
               f"| {r['network_evals_per_step']:.2f} |")
 
 
+def kcheck(path):
+    d = json.loads(Path(path).read_text())
+    print("| task | steps with K indefinite (of " + str(d["config"]["steps"]) + ") | min w.Kw / w.w, first step "
+          "| smallest row sum, first step | steps with a negative row sum |")
+    print("|---|---|---|---|---|")
+    for task, rows in d["tasks"].items():
+        neg = [r["step"] for r in rows if r["min_rayleigh_K"] < 0]
+        negr = [r["step"] for r in rows if r["min_rowsum"] < 0]
+        span = (f"{neg[0]}-{neg[-1]}" if neg == list(range(neg[0], neg[-1] + 1)) else ", ".join(map(str, neg))) if neg else ""
+        print(f"| {task} | {len(neg)} (steps {span}) | {rows[0]['min_rayleigh_K']:.3g} "
+              f"| {rows[0]['min_rowsum']:.3g} | {len(negr)} |" if neg else f"| {task} | 0 | "
+              f"{rows[0]['min_rayleigh_K']:.3g} | {rows[0]['min_rowsum']:.3g} | {len(negr)} |")
+
+
 def phase(path):
     d = json.loads(Path(path).read_text())
     names = {"init": "initialisation x_T", "unguided": "unguided sample (zeta = 0), same x_T",
@@ -204,8 +218,8 @@ def phase(path):
 
 def main(argv):
     mode = argv[0]
-    if mode in ("speed", "phase"):
-        {"speed": speed, "phase": phase}[mode](ROOT / argv[1])
+    if mode in ("speed", "phase", "kcheck"):
+        {"speed": speed, "phase": phase, "kcheck": kcheck}[mode](ROOT / argv[1])
         return
     rest = [a for a in argv[1:] if not a.startswith("--")]
     folder = ROOT / (rest[0] if rest else "docs/results/mnist_solvers")

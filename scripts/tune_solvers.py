@@ -77,7 +77,7 @@ class Tuner:
         self.a = a
         self.path = Path(a.json)
         self.out = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        config = {k: v for k, v in vars(a).items() if k not in ("json", "methods", "tasks")}
+        config = {k: v for k, v in vars(a).items() if k not in ("json", "methods", "tasks", "bases_from")}
         old = dict(self.out.get("config", {}))
         if old and "cmi_grad" not in old:
             old["cmi_grad"] = "autodiff"  # tunings written before --cmi-grad used the autodiff CMI gradient
@@ -88,6 +88,15 @@ class Tuner:
         self.out.setdefault("scores", {})
         self.out.setdefault("params", {})
         self.out.setdefault("chosen", {})
+        if a.bases_from:  # X's tunings do not depend on the CMI gradient: reuse them for cmi+X here
+            other = json.loads(Path(a.bases_from).read_text())
+            if any(other["config"].get(k) != self.out["config"].get(k) for k in ("model", "images", "steps", "seed")):
+                raise SystemExit(f"--bases-from {a.bases_from} was tuned with other settings")
+            for m in [m for m in other["params"] if not m.startswith("cmi+")]:
+                for sec in ("params", "chosen", "scores"):
+                    if m in other[sec]:
+                        self.out[sec].setdefault(m, other[sec][m])
+            self.out["config"]["bases_from"] = str(a.bases_from)
         torch.manual_seed(0)
         self.prior = load_prior(a.model)
         x, labels = load_mnist("train")
@@ -195,6 +204,8 @@ def main():
                    help=f"grid extensions past the lower edge (per method where it needs more: {EXTEND_LOW})")
     p.add_argument("--cmi-grad", default=CMIConfig.grad, choices=GRADS,
                    help="the CMI gradient of the cmi+X runs (a tuning JSON keeps one; older ones used autodiff)")
+    p.add_argument("--bases-from", default=None, metavar="JSON",
+                   help="copy the plain methods' tunings (X, not cmi+X) from this tuning JSON of the same settings")
     p.add_argument("--json", required=True)
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
