@@ -21,6 +21,9 @@ def main(out_path, first, *more):
     for path in more:
         d = json.loads(Path(path).read_text())
         c = d["config"]
+        for conf in (c, cfg):  # files written before --cmi-grad existed used the autodiff gradient
+            if isinstance(conf.get("cmi"), dict):
+                conf["cmi"].setdefault("grad", "autodiff")
         for k in ("dim", "meas", "steps", "samples", "ref_samples", "directions", "direction_seed", "cmi", "dtype"):
             if c[k] != cfg[k]:
                 raise SystemExit(f"{path}: {k} = {c[k]!r}, but {first} has {cfg[k]!r}")

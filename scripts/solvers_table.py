@@ -5,6 +5,7 @@ folder per method under docs/results/mnist_solvers/, each a `cmidps bench images
     .venv/bin/python scripts/solvers_table.py ssim   [DIR]
     .venv/bin/python scripts/solvers_table.py vs_dps [DIR]   # paired PSNR difference to DPS (same image, seed)
     .venv/bin/python scripts/solvers_table.py cmi    [DIR]   # paired PSNR difference CMI+X - X
+    .venv/bin/python scripts/solvers_table.py cmi_grads DIR DIR_FD   # the same with the autodiff and fd gradients
     .venv/bin/python scripts/solvers_table.py params [DIR]   # the tuned step sizes (DIR/tuning.json)
     .venv/bin/python scripts/solvers_table.py status [DIR]   # which methods have run, and how far
     .venv/bin/python scripts/solvers_table.py speed docs/results/speed_solvers_mnist32.json
@@ -107,6 +108,18 @@ def cmi(res):
     for m in methods(res):
         if m.startswith("cmi+") and m[4:] in res:
             print(f"| {m} − {m[4:]} | " + " | ".join(paired_cells(res, m, m[4:])) + " |")
+
+
+def cmi_grads(res, res_fd):
+    """CMI+X - X with the autodiff gradient (res) and with fd (res_fd, only cmi+X rows; X from res)."""
+    print("| CMI+X − X (PSNR, dB) | gradient | " + " | ".join(TASKS) + " |")
+    print("|---" * (len(TASKS) + 2) + "|")
+    for m in methods(res):
+        if not (m.startswith("cmi+") and m[4:] in res and m in res_fd):
+            continue
+        print(f"| {m} − {m[4:]} | autodiff | " + " | ".join(paired_cells(res, m, m[4:])) + " |")
+        both = {m[4:]: res[m[4:]], m: res_fd[m]}
+        print("| | fd | " + " | ".join(paired_cells(both, m, m[4:])) + " |")
 
 
 def params(folder):
@@ -230,6 +243,9 @@ def main(argv):
         return
     if mode == "params":
         params(folder)
+        return
+    if mode == "cmi_grads":  # cmi_grads DIR DIR_FD
+        cmi_grads(load(folder), load(ROOT / rest[1]))
         return
     res = load(folder)
     {"psnr": lambda: metric_table(res, "psnr"), "ssim": lambda: metric_table(res, "ssim"), "status": lambda: status(res),

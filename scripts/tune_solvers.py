@@ -76,6 +76,7 @@ class Tuner:
     def __init__(self, a):
         self.a = a
         self.path = Path(a.json)
+        self.mine = set()  # (section, method) entries this process wrote: save() writes only these
         self.out = json.loads(self.path.read_text()) if self.path.is_file() else {}
         config = {k: v for k, v in vars(a).items() if k not in ("json", "methods", "tasks", "bases_from")}
         old = dict(self.out.get("config", {}))
@@ -94,8 +95,9 @@ class Tuner:
                 raise SystemExit(f"--bases-from {a.bases_from} was tuned with other settings")
             for m in [m for m in other["params"] if not m.startswith("cmi+")]:
                 for sec in ("params", "chosen", "scores"):
-                    if m in other[sec]:
-                        self.out[sec].setdefault(m, other[sec][m])
+                    if m in other[sec]:  # the bases file is authoritative for X: refreshed at every start
+                        self.out[sec][m] = other[sec][m]
+                        self.mine.add((sec, m))
             self.out["config"]["bases_from"] = str(a.bases_from)
         torch.manual_seed(0)
         self.prior = load_prior(a.model)
@@ -105,13 +107,20 @@ class Tuner:
         self.out["config"]["digits"] = {"split": "train", "indices": pick.tolist(), "labels": labels[pick].tolist()}
 
     def save(self):
-        """Write the JSON, merged with what other tuning processes wrote since (under a lock): two
-        processes tuning different methods into one file lose nothing."""
+        """Write the JSON, merged with what other tuning processes wrote since (under a lock): the
+        entries this process wrote (``self.mine``) replace theirs, everything else is taken from the
+        file, so two processes tuning different methods into one file lose nothing and a stale copy
+        of another process's entries never overwrites them."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.path.is_file():
-                self.out = _merged(json.loads(self.path.read_text()), self.out)
+                theirs = json.loads(self.path.read_text())
+                for k, v in self.out["config"].items():
+                    theirs["config"].setdefault(k, v)
+                for sec, key in sorted(self.mine):
+                    theirs.setdefault(sec, {})[key] = _merged(theirs[sec].get(key, {}), self.out[sec][key])
+                self.out = theirs
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.out, indent=1) + "\n")
             tmp.replace(self.path)
@@ -121,6 +130,13 @@ class Tuner:
         name = method if eta is None else f"{method}@eta"
         val = params[GRIDS[parse_method(method)[0]][0]] if eta is None else eta
         cache = self.out["scores"].setdefault(name, {}).setdefault(task, {})
+        self.mine.add(("scores", name))
+        if eta is not None:  # cmi+X's scores hold for X's step size at the time: another one starts afresh
+            base = json.dumps(params, sort_keys=True)
+            if cache.setdefault("_base", base) != base:
+                self.out["scores"][name].setdefault("_superseded", {}).setdefault(task, []).append(dict(cache))
+                cache.clear()
+                cache["_base"] = base
         if _key(val) in cache:
             v = cache[_key(val)]
             return -math.inf if v is None else v
@@ -178,6 +194,7 @@ class Tuner:
                 raise SystemExit(f"tune {base} before {method}")
             best, scores, edge = self.search(ETA_GRID, lambda e: self.score(method, task, p, eta=e), boundary=0.0)
             self.out["params"].setdefault(method, {})[task] = {"eta": best}
+            self.mine.add(("params", method))
             param = "eta"
         else:
             param, grid = GRIDS[base]
@@ -185,6 +202,8 @@ class Tuner:
             best, scores, edge = self.search(grid, lambda v: self.score(method, task, {**fixed, param: v}),
                                              boundary=BOUNDARY.get((base, param)), extend_low=EXTEND_LOW.get(base))
             self.out["params"].setdefault(base, {})[task] = {**fixed, param: best}
+            self.mine.add(("params", base))
+        self.mine.add(("chosen", method))
         self.out["chosen"].setdefault(method, {})[task] = {
             "param": param, "value": best, "psnr": scores[best], "edge": edge,
             "grid": sorted(scores), "diverged": [v for v, s in sorted(scores.items()) if s == -math.inf]}

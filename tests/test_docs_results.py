@@ -47,3 +47,24 @@ def test_help_names_every_method(command):
     words = text.replace(",", " ").replace("-", "").replace("(", " ").replace(")", " ").split()
     missing = [m for m in [*RULES, *DRIVERS] if m != "none" and m not in words and m not in text.replace(" ", "")]
     assert missing == [], f"`cmidps {' '.join(command)} --help` does not name {missing}"
+
+
+@pytest.mark.parametrize("table", ["mnist_solvers", "mnist_solvers_fd"])
+def test_image_solver_runs_used_the_step_sizes_their_tuning_chose(table):
+    """Every method folder of docs/solvers.md's image table ran with the step sizes its tuning.json now
+    holds (the method's own and, for cmi+X, X's): a retuned X whose runs were not redone fails here."""
+    import json
+
+    folder = ROOT / "docs" / "results" / table
+    if not (folder / "tuning.json").is_file():
+        pytest.skip(f"no {table} results")
+    tuned = json.loads((folder / "tuning.json").read_text())
+    bases = tuned["config"].get("bases_from")
+    params = dict(tuned["params"])
+    checked = 0
+    for config in sorted(folder.glob("*/config.json")):
+        used = json.loads(config.read_text())["settings"].get("param_table") or {}
+        for method, per_task in used.items():
+            assert per_task == params.get(method), f"{config.parent.name}: {method} ran with {per_task}, tuned {params.get(method)}"
+            checked += 1
+    assert checked >= 5 or bases, "too few runs checked"

@@ -77,11 +77,16 @@ def test_two_tuning_processes_share_one_json(tmp_path):
     for t, m in ((a, "tmpd"), (b, "cmi+dsg")):
         t.path = path
         t.out = {"config": {"steps": 20}, "scores": {m: {"sr4": {"1": 20.0}}}, "params": {m: {"sr4": {"w": 1}}},
-                 "chosen": {}}
+                 "chosen": {m: {"sr4": {"value": 1, "edge": "low"}}}}
+        t.mine = {("scores", m), ("params", m), ("chosen", m)}
     a.save()
+    b.out["chosen"]["tmpd"] = {"sr4": {"value": 1, "edge": "low"}}  # b's stale copy of a's entry
     b.save()  # b never read a's results: a's must survive
     a.out["scores"]["tmpd"]["sr4"]["3"] = 21.0
+    a.out["chosen"]["tmpd"]["sr4"] = {"value": 3, "edge": None}  # a re-tunes
     a.save()
+    b.save()  # b's stale copy must not undo it
     out = json.loads(path.read_text())
     assert out["scores"] == {"tmpd": {"sr4": {"1": 20.0, "3": 21.0}}, "cmi+dsg": {"sr4": {"1": 20.0}}}
     assert set(out["params"]) == {"tmpd", "cmi+dsg"}
+    assert out["chosen"]["tmpd"]["sr4"] == {"value": 3, "edge": None}
