@@ -119,7 +119,13 @@ class Tuner:
                 for k, v in self.out["config"].items():
                     theirs["config"].setdefault(k, v)
                 for sec, key in sorted(self.mine):
-                    theirs.setdefault(sec, {})[key] = _merged(theirs[sec].get(key, {}), self.out[sec][key])
+                    theirs_entry, mine_entry = theirs.setdefault(sec, {}).get(key, {}), self.out[sec][key]
+                    merged = _merged(theirs_entry, mine_entry)
+                    for task, cache in mine_entry.items():  # scores for another X step size are not merged
+                        if isinstance(cache, dict) and "_base" in cache and \
+                                theirs_entry.get(task, {}).get("_base", cache["_base"]) != cache["_base"]:
+                            merged[task] = cache
+                    theirs[sec][key] = merged
                 self.out = theirs
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.out, indent=1) + "\n")
@@ -168,7 +174,7 @@ class Tuner:
         while True:
             scores = {v: f(v) for v in grid}
             best = max(grid, key=lambda v: scores[v])
-            if best == grid[0] and ext["low"] < (extend_low or self.a.extend_low) and math.isfinite(scores[best]):
+            if best == grid[0] and ext["low"] < max(extend_low or 0, self.a.extend_low) and math.isfinite(scores[best]):
                 grid.insert(0, grid[0] / ratio)
                 ext["low"] += 1
             elif best == grid[-1] and ext["high"] < self.a.extend and math.isfinite(scores[best]):

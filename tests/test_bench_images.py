@@ -359,3 +359,21 @@ def test_the_corrected_command_runs_after_a_refused_one(tiny_model, data_dir, tm
     assert main([*argv, "--steps", "2000"]) == 2
     assert "--steps 2000" in capsys.readouterr().err and not out.exists()
     assert main(argv) == 0 and len(_lines(out / "results.jsonl")) == 2
+
+
+def test_a_run_that_did_not_record_its_cmi_gradient_is_not_resumed_with_cmi_jobs(tmp_path):
+    """Records written before bench images recorded cmi.grad (the default gradient changed from
+    autodiff to fd in that time) match no gradient once the run has cmi+X jobs; without CMI jobs the
+    gradient is not part of the settings, so such a run resumes."""
+    import json
+
+    from cmidps.bench.store import check_config
+    from cmidps.errors import InputError
+
+    cmi = {"eta": 0.001, "estimator": "lowrank", "probes": 1, "kinv": "isotropic", "cg_iters": 10,
+           "eta_schedule": "constant"}
+    (tmp_path / "config.json").write_text(json.dumps({"settings": {"steps": 5, "cmi": cmi}, "images": {}}))
+    check_config(tmp_path, {"steps": 5, "cmi": dict(cmi)}, {}, {}, force=False)  # no cmi+X: resumes
+    for grad in ("fd", "autodiff"):
+        with pytest.raises(InputError, match="unrecorded"):
+            check_config(tmp_path, {"steps": 5, "cmi": {**cmi, "grad": grad}}, {}, {}, force=False)

@@ -90,3 +90,30 @@ def test_two_tuning_processes_share_one_json(tmp_path):
     assert out["scores"] == {"tmpd": {"sr4": {"1": 20.0, "3": 21.0}}, "cmi+dsg": {"sr4": {"1": 20.0}}}
     assert set(out["params"]) == {"tmpd", "cmi+dsg"}
     assert out["chosen"]["tmpd"]["sr4"] == {"value": 3, "edge": None}
+
+
+def test_cmi_scores_for_another_x_step_size_are_dropped_not_merged_back(tmp_path, monkeypatch):
+    """cmi+X's cached eta scores hold for X's step size at the time: asked with another one, the tuner
+    starts afresh for that task, and saving does not bring the old scores back from the file."""
+    path = tmp_path / "tuning.json"
+    t = object.__new__(TUNE["Tuner"])
+    t.path, t.mine = path, set()
+    t.a = SimpleNamespace(seed=0, steps=2, cmi_grad="fd")
+    t.out = {"config": {}, "scores": {}, "params": {}, "chosen": {}}
+    runs = []
+    g = TUNE["Tuner"].score.__globals__  # the script's module globals: no network, a counter for PSNR
+    monkeypatch.setitem(g, "measure", lambda x, task, seed: (None, None))
+    monkeypatch.setitem(g, "restore", lambda *a, params, cmi, **k: runs.append((params["zeta"], cmi.eta)))
+    monkeypatch.setitem(g, "psnr", lambda r, x: __import__("torch").tensor([float(len(runs))]))
+    t.x = t.prior = None
+    for eta in (1e-4, 1e-3):
+        t.score("cmi+dps", "sr4", {"zeta": 4.0}, eta=eta)
+    assert len(runs) == 2
+    t.score("cmi+dps", "sr4", {"zeta": 4.0}, eta=1e-4)  # cached
+    assert len(runs) == 2
+    t.score("cmi+dps", "sr4", {"zeta": 8.0}, eta=1e-3)  # X changed: runs again
+    assert len(runs) == 3
+    t.score("cmi+dps", "sr4", {"zeta": 8.0}, eta=1e-4)  # and the old 1e-4 score is not reused
+    assert len(runs) == 4
+    cache = json.loads(path.read_text())["scores"]["cmi+dps@eta"]["sr4"]
+    assert set(cache) == {"_base", "0.0001", "0.001"} and json.loads(cache["_base"]) == {"zeta": 8.0}

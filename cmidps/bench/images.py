@@ -142,7 +142,8 @@ def _settings(args, prior, images: ImageSet) -> dict:
         "params": step_params(args),
         **({"step": sorted(map(list, args.step))} if getattr(args, "step", None) else {}),
         **({"param_table": args.param_table} if getattr(args, "param_table", None) else {}),
-        "cmi": {k: getattr(cmi, k) for k in ("eta", "estimator", "probes", "kinv", "cg_iters", "eta_schedule", "grad")},
+        "cmi": {k: getattr(cmi, k) for k in ("eta", "estimator", "probes", "kinv", "cg_iters", "eta_schedule")
+                + (("grad",) if any(m.startswith("cmi+") for m in _methods(args.methods)) else ())},
         "resize": bool(args.resize),
         "convert": convert_option(args, prior.shape[0]),
         "dtype": args.dtype,

@@ -156,19 +156,20 @@ def stray_outputs(out: Path, outputs=()) -> list[str]:
                   or (p.name.startswith("results") and p.suffix == ".jsonl"))
 
 
-def _upgraded(old: dict) -> dict:
-    """Settings written before a key existed, with that key's value at the time (runs before
-    ``--cmi-grad`` used the autodiff CMI gradient)."""
-    cmi = old.get("cmi")
-    if isinstance(cmi, dict) and "grad" not in cmi:
-        old = {**old, "cmi": {**cmi, "grad": "autodiff"}}
+def _upgraded(old: dict, new: dict) -> dict:
+    """Settings written before a key existed. ``cmi.grad`` (recorded when a run has cmi+X jobs) was
+    not recorded before, while the default CMI gradient changed (autodiff, then fd): such a record's
+    gradient is unknown, "unrecorded", which matches none, so a resume cannot mix two gradients."""
+    cmi, new_cmi = old.get("cmi"), new.get("cmi")
+    if isinstance(cmi, dict) and isinstance(new_cmi, dict) and "grad" in new_cmi and "grad" not in cmi:
+        old = {**old, "cmi": {**cmi, "grad": "unrecorded"}}
     return old
 
 
 def _differences(old_settings, settings: dict, old_inputs: dict, inputs: dict) -> list[str]:
     if old_settings is None:
         return ["config.json is unreadable"]
-    old_settings = _upgraded(old_settings)
+    old_settings = _upgraded(old_settings, settings)
     diffs = [f"{k}: {old_settings.get(k)!r} before, {settings.get(k)!r} now"
              for k in sorted(set(old_settings) | set(settings)) if old_settings.get(k) != settings.get(k)]
     changed = [i for i in inputs if i in old_inputs and old_inputs[i] != inputs[i]]

@@ -166,8 +166,9 @@ def tmpd_direction(s: StepState, cg_iters: int = 20, cov: str = "cg") -> torch.T
     ``kinv="cg"``); the TMPD code's full-Jacobian path (its GMM and small problems).
     ``cov="rowsum"``: K replaced by the diagonal of its row sums, ``sigma_y^2 + A C^T A^T 1`` (one
     vector-Jacobian product), then ``v = A^T ((y - A x0_hat) / k)`` elementwise; the TMPD code's image
-    path (its ``KGDMVPplus``, which applies ``A`` to a ones image; ``A 1 = 1`` for masks, average-pool
-    SR and normalised blurs, so the two agree on every task here). A learned network's J need not be
+    path (its ``KGDMVPplus`` applies ``A`` to a ones image, ``A 1_x``, where this uses ``1_y``;
+    ``A 1_x = 1_y`` for masks, blurs whose kernels sum to 1 and the bicubic sr4, so the two agree on
+    every task here). A learned network's J need not be
     symmetric positive semi-definite, so K (and k) can be indefinite far from the data: the CG path
     is then not a solve (docs/solvers.md measures where this happens on the bundled prior).
     """
