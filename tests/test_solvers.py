@@ -248,6 +248,42 @@ def test_tmpd_rowsum_is_exact_where_k_is_diagonal():
            progress=False)
 
 
+def test_tmpd_rowsum_uses_the_transposed_jacobian_of_a_nonsymmetric_network():
+    """With a network whose Jacobian is not symmetric (eps = W x, W not symmetric), the row sums are
+    those of A C^T A^T with C = (sigma_t^2 / sqrt(abar_t)) J, J = (I - sqrt(1 - abar_t) W) / sqrt(abar_t)
+    written out here, as the TMPD code's vector-Jacobian product gives them (not A C A^T)."""
+    from cmidps.prior import NetworkPrior
+    from cmidps.restore import measure
+
+    g = torch.Generator().manual_seed(3)
+    W = 0.2 * torch.randn(64, 64, generator=g, dtype=D)
+
+    class LinearEps(torch.nn.Module):
+        def forward(self, x, t):
+            return (x.flatten(1) @ W.T).reshape(x.shape)
+
+    prior = NetworkPrior(LinearEps(), (1, 8, 8), schedule=Schedule.linear())
+    op, y = measure(torch.rand(1, 1, 8, 8, generator=g, dtype=D), "sr4", seed=0)
+    A = torch.stack([op.A(e.reshape(1, 1, 8, 8)).flatten() for e in torch.eye(64, dtype=D)], dim=1)
+    seen = []
+
+    def rule(s):
+        v = solvers.tmpd_direction(s, cov="rowsum")
+        J = (torch.eye(64, dtype=D) - (1 - s.c.abar) ** 0.5 * W) / s.c.abar**0.5
+        C = s.c.sigma**2 / s.c.abar**0.5 * J
+        ones = torch.ones(A.shape[0], dtype=D)
+        k = float(s.sigma_y) ** 2 + A @ C.T @ A.T @ ones
+        wrong = float(s.sigma_y) ** 2 + A @ C @ A.T @ ones
+        r = (s.y - s.op.A(s.x0_hat.detach())).flatten(1)
+        torch.testing.assert_close(v.flatten(1), (r / k) @ A, rtol=1e-8, atol=1e-10)
+        seen.append(not torch.allclose((r / k) @ A, (r / wrong) @ A, rtol=1e-4))
+        return s.x_prop
+
+    sample(prior, op, y, rule, steps=4, sigma_y=0.1, generator=torch.Generator().manual_seed(0), batch=1,
+           progress=False, likelihood_clip=False)  # x0_lik = x0_hat: the residual below needs no clamp
+    assert len(seen) == 4 and any(seen)  # J^T and J give different steps (at the noisy ones)
+
+
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_cmi_plus_solver_moves_the_step_and_eta_zero_is_the_solver(name):
     prior = GaussianMixturePrior.mcgdiff(8, torch.Generator().manual_seed(0))
