@@ -60,14 +60,6 @@ EXTEND_LOW = {"diffpir": 4}  # grid extensions past the lower edge where --exten
 TIE = 0.01  # dB: a boundary within this of the grid's best brackets it rather than replacing it
 
 
-def _merged(theirs: dict, mine: dict) -> dict:
-    """``theirs`` updated by ``mine``, dicts merged key by key (mine wins at the leaves)."""
-    out = dict(theirs)
-    for k, v in mine.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _key(v: float) -> str:
     return f"{v:.6g}"
 
@@ -107,9 +99,9 @@ class Tuner:
         self.out["config"]["digits"] = {"split": "train", "indices": pick.tolist(), "labels": labels[pick].tolist()}
 
     def save(self):
-        """Write the JSON, merged with what other tuning processes wrote since (under a lock): the
-        entries this process wrote (``self.mine``) replace theirs, everything else is taken from the
-        file, so two processes tuning different methods into one file lose nothing and a stale copy
+        """Write the JSON under a lock, re-read first: the entries this process wrote (``self.mine``, one
+        per tuned method; no two processes tune one method) replace the file's, everything else is the
+        file's, so two processes tuning different methods into one file lose nothing and a stale copy
         of another process's entries never overwrites them."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
@@ -118,14 +110,8 @@ class Tuner:
                 theirs = json.loads(self.path.read_text())
                 for k, v in self.out["config"].items():
                     theirs["config"].setdefault(k, v)
-                for sec, key in sorted(self.mine):
-                    theirs_entry, mine_entry = theirs.setdefault(sec, {}).get(key, {}), self.out[sec][key]
-                    merged = _merged(theirs_entry, mine_entry)
-                    for task, cache in mine_entry.items():  # scores for another X step size are not merged
-                        if isinstance(cache, dict) and "_base" in cache and \
-                                theirs_entry.get(task, {}).get("_base", cache["_base"]) != cache["_base"]:
-                            merged[task] = cache
-                    theirs[sec][key] = merged
+                for sec, key in self.mine:
+                    theirs.setdefault(sec, {})[key] = self.out[sec][key]
                 self.out = theirs
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.out, indent=1) + "\n")
