@@ -5,34 +5,16 @@ the pairs (cmidps.bench.intervals), bold where an interval excludes 0.
 
     .venv/bin/python scripts/heldout_table.py docs/results/mnist_heldout docs/results/mnist_heldout_fd
 """
-import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cmidps.bench.intervals import interval  # noqa: E402
-
-TASKS = ["inpaint_random", "inpaint_box", "deblur_gauss", "deblur_motion", "sr4"]
+from solvers_table import ROOT, TASKS, cell, records  # noqa: E402  (the cells of docs/solvers.md's tables)
 
 
 def load(folder: Path) -> dict:
-    out = {}
-    for f in sorted(folder.glob("results*.jsonl")):
-        for line in f.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                out[(r["method"], r["task"], r["seed"], r["image"])] = r
-    return out
-
-
-def cell(values, paired=False) -> str:
-    iv = interval(values)
-    s = f"{iv.mean:+.2f} ± {iv.half_width:.2f}" if paired else f"{iv.mean:.2f} ± {iv.half_width:.2f}"
-    if paired and iv.excludes_zero:
-        s = f"**{s}**"
-    return s + ("" if len(values) == 40 else f" (n={len(values)})")
+    return {(r["method"], r["task"], r["seed"], r["image"]): r for r in records(folder)}
 
 
 def main(old_dir, new_dir):
@@ -48,8 +30,9 @@ def main(old_dir, new_dir):
         dps_old = [old[("dps", t, *k)]["psnr"] for k in keys]
         ad = [old[("cmi+dps", t, *k)]["psnr"] for k in keys]
         fd = [new[("cmi+dps", t, *k)]["psnr"] for k in keys]
-        print(f"| {t} | {cell(dps)} | {cell(ad)} | {cell(fd)} | {cell([b - a for a, b in zip(ad, fd)], True)} "
-              f"| {cell([a - d for a, d in zip(ad, dps_old)], True)} | {cell([b - d for b, d in zip(fd, dps)], True)} |")
+        paired = [[b - a for a, b in zip(ad, fd)], [a - d for a, d in zip(ad, dps_old)], [b - d for b, d in zip(fd, dps)]]
+        print(f"| {t} | {cell(dps)} | {cell(ad)} | {cell(fd)} | "
+              + " | ".join(cell(v, sign=True, bold_if_sig=True) for v in paired) + " |")
 
 
 if __name__ == "__main__":

@@ -31,16 +31,19 @@ ORDER = ["dps", "pigdm", "mcg", "dsg", "ddnm", "ddnm_plus", "ddnm_svd", "ddrm", 
 FULL = 40  # 20 digits x 2 seeds
 
 
+def records(folder: Path):
+    """The job records of one ``bench images`` run folder (its ``results*.jsonl`` lines)."""
+    for f in sorted(folder.glob("results*.jsonl")):
+        for line in f.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+
 def load(folder: Path) -> dict:
     """{method: {(task, seed, image): record}} of every method folder that has results."""
     out = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        recs = {}
-        for f in sorted(sub.glob("results*.jsonl")):
-            for line in f.read_text().splitlines():
-                if line.strip():
-                    r = json.loads(line)
-                    recs[(r["task"], r["seed"], r["image"])] = r
+        recs = {(r["task"], r["seed"], r["image"]): r for r in records(sub)}
         if recs:
             out[sub.name] = recs
     return out
@@ -213,9 +216,8 @@ def kcheck(path):
         neg = [r["step"] for r in rows if r["min_rayleigh_K"] < 0]
         negr = [r["step"] for r in rows if r["min_rowsum"] < 0]
         span = (f"{neg[0]}-{neg[-1]}" if neg == list(range(neg[0], neg[-1] + 1)) else ", ".join(map(str, neg))) if neg else ""
-        print(f"| {task} | {len(neg)} (steps {span}) | {rows[0]['min_rayleigh_K']:.3g} "
-              f"| {rows[0]['min_rowsum']:.3g} | {len(negr)} |" if neg else f"| {task} | 0 | "
-              f"{rows[0]['min_rayleigh_K']:.3g} | {rows[0]['min_rowsum']:.3g} | {len(negr)} |")
+        steps = f"{len(neg)} (steps {span})" if neg else "0"
+        print(f"| {task} | {steps} | {rows[0]['min_rayleigh_K']:.3g} | {rows[0]['min_rowsum']:.3g} | {len(negr)} |")
 
 
 def phase(path):
