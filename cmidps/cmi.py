@@ -127,12 +127,15 @@ def make_kinv(op, c: StepCoefficients, sigma_y: float, x: torch.Tensor, x0_hat: 
     if kinv == "isotropic":
         r2 = 1.0 - c.abar
         return lambda w: op.solve_K(w, r2, s2)
-    scale = c.sigma**2 / c.abar**0.5
-
-    def k_matvec(w):
-        return s2 * w + op.A(scale * _jvp(x, x0_hat, op.A_adjoint(w)))
-
+    k_matvec = k_product(op, c, sigma_y, x, x0_hat)
     return lambda w: batched_cg(k_matvec, w, tol=1e-6, maxiter=cg_iters).detach()
+
+
+def k_product(op, c: StepCoefficients, sigma_y: float, x: torch.Tensor, x0_hat: torch.Tensor):
+    """``w -> K w`` for ``K = sigma_y^2 I + A Sigma_post A^T`` with ``Sigma_post = (sigma_t^2 / sqrt(abar_t)) J``,
+    ``J = d x0_hat / d x`` (one JVP per product): the matrix that ``kinv="cg"`` solves with."""
+    s2, scale = float(sigma_y) ** 2, c.sigma**2 / c.abar**0.5
+    return lambda w: s2 * w + op.A(scale * _jvp(x, x0_hat, op.A_adjoint(w)))
 
 
 def probe_pairs(cfg: CMIConfig, op, kinv_apply, batch: int, like: torch.Tensor, generator):

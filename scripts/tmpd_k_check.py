@@ -20,8 +20,9 @@ import warnings
 
 import torch
 
-from cmidps.cmi import _jvp
+from cmidps import cmi
 from cmidps.data import load_mnist
+from cmidps.methods import solvers
 from cmidps.models.loading import load_prior
 from cmidps.operators import TASKS
 from cmidps.restore import measure
@@ -48,19 +49,14 @@ def main():
         rows = []
 
         def rule(s, rows=rows):
-            s2 = float(s.sigma_y) ** 2
-            scale = s.c.sigma**2 / math.sqrt(s.c.abar)
+            k_product = cmi.k_product(s.op, s.c, s.sigma_y, s.x_t, s.x0_hat)
             qmin = math.inf
             for _ in range(a.probes):
                 w = torch.randn(s.x_t.shape[0], *s.y.shape[1:], generator=g, dtype=s.x_t.dtype)
-                kw = s2 * w + s.op.A(scale * _jvp(s.x_t, s.x0_hat, s.op.A_adjoint(w)))
-                q = (w * kw).flatten(1).sum(1) / (w * w).flatten(1).sum(1)
+                q = (w * k_product(w)).flatten(1).sum(1) / (w * w).flatten(1).sum(1)
                 qmin = min(qmin, float(q.min()))
-            ones = torch.ones_like(s.y).expand(s.x_t.shape[0], *s.y.shape[1:])
-            (jt,) = torch.autograd.grad(s.x0_hat, s.x_t, s.op.A_adjoint(ones), retain_graph=True)
-            k = s2 + s.op.A(scale * jt)
             rows.append({"step": len(rows), "one_minus_abar": 1.0 - s.c.abar, "min_rayleigh_K": qmin,
-                         "min_rowsum": float(k.min()), "sigma_y2": s2})
+                         "min_rowsum": float(solvers.tmpd_rowsums(s).min()), "sigma_y2": float(s.sigma_y) ** 2})
             return s.x_prop  # the unguided step: the check needs states x_t, not TMPD's trajectory
 
         op, y = measure(x, task, seed=a.seed)

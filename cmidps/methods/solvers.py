@@ -159,6 +159,14 @@ def diffpir(s: StepState, lam: float = 7.0, zeta: float = 0.3) -> torch.Tensor:
 TMPD_COVS = ("cg", "rowsum")
 
 
+def tmpd_rowsums(s: StepState) -> torch.Tensor:
+    """k = sigma_y^2 + A C^T A^T 1, the row sums of K with C = (sigma_t^2 / sqrt(abar_t)) J (one VJP):
+    what TMPD's image path (``cov="rowsum"``) divides the residual by."""
+    ones = torch.ones_like(s.y).expand(s.x_t.shape[0], *s.y.shape[1:])
+    (jt,) = torch.autograd.grad(s.x0_hat, s.x_t, s.op.A_adjoint(ones), retain_graph=True)
+    return float(s.sigma_y) ** 2 + s.op.A(s.c.sigma**2 / math.sqrt(s.c.abar) * jt).detach()
+
+
 def tmpd_direction(s: StepState, cg_iters: int = 20, cov: str = "cg") -> torch.Tensor:
     """v = A^T K^{-1} (y - A x0_hat), K = sigma_y^2 I + A C A^T, C = (sigma_t^2 / sqrt(abar_t)) J (TMPD Eq. 9).
 
@@ -174,11 +182,7 @@ def tmpd_direction(s: StepState, cg_iters: int = 20, cov: str = "cg") -> torch.T
     """
     require_linear(s.op, "TMPD")
     if cov == "rowsum":
-        scale = s.c.sigma**2 / math.sqrt(s.c.abar)
-        ones = torch.ones_like(s.y).expand(s.x_t.shape[0], *s.y.shape[1:])
-        (jt,) = torch.autograd.grad(s.x0_hat, s.x_t, s.op.A_adjoint(ones), retain_graph=True)
-        k = float(s.sigma_y) ** 2 + s.op.A(scale * jt).detach()
-        return s.op.A_adjoint(s.residual() / k).detach()
+        return s.op.A_adjoint(s.residual() / tmpd_rowsums(s)).detach()
     if cov != "cg":
         raise ValueError(f"TMPD cov must be one of {TMPD_COVS}, not {cov!r}")
     kinv = make_kinv(s.op, s.c, s.sigma_y, s.x_t, s.x0_hat, "cg", cg_iters)
