@@ -12,6 +12,7 @@ import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -20,6 +21,17 @@ from PIL import Image
 
 TINY_16 = dict(image_size=16, num_channels=8, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
                num_head_channels=8, use_scale_shift_norm=True, resblock_updown=True, in_channels=1)
+
+
+def assert_one_error_line(code, err: str, message: str) -> str:
+    """A refused command: exit code 2, one ``error: ...`` line on stderr (``note:`` lines aside), no
+    traceback, and the line matches ``message`` (a regular expression). Returns the line."""
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert re.search(message, lines[0]), lines[0]
+    return lines[0]
 
 
 def randomize_zero_init(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from PIL import Image
 import cmidps.sampling as sampling
 from cmidps.cli import main
 from cmidps.models.loading import ASSETS_DIR
+from conftest import assert_one_error_line
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_model, digit_png):
@@ -91,13 +92,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, files, tmp_path, 
     before = _written(files)
     code = main(build(files, out))
     err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err
-    import re
-
-    assert re.search(message, err), err
+    assert_one_error_line(code, err, message)
     assert _written(out) == [], _written(out)
     assert _written(files) == before
 

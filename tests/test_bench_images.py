@@ -110,17 +110,23 @@ def test_full_run_writes_everything(reference):
     assert cfg["settings"]["steps"] == 2 and set(cfg["images"]) == {"img0", "img1", "img2"}
 
 
-def test_resume_after_interrupt_and_torn_line(reference, tiny_model, data_dir, tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def _interrupted_after(n: int, tiny_model, data_dir, out) -> list:
+    """A run interrupted (Ctrl-C) after its n-th finished job; returns the n job records."""
     seen = []
 
-    def stop_after_5(rec):
+    def stop(rec):
         seen.append(rec)
-        if len(seen) == 5:
+        if len(seen) == n:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_images(_args(tiny_model, data_dir, out), on_job=stop_after_5)
+        run_images(_args(tiny_model, data_dir, out), on_job=stop)
+    return seen
+
+
+def test_resume_after_interrupt_and_torn_line(reference, tiny_model, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    seen = _interrupted_after(5, tiny_model, data_dir, out)
     assert len(_lines(out / "results.jsonl")) == 5
     with open(out / "results.jsonl", "a") as f:  # a crash in the middle of a line
         f.write('{"image": "img2", "task": "sr4", "meth')
@@ -147,15 +153,7 @@ def test_resume_after_interrupt_and_torn_line(reference, tiny_model, data_dir, t
 def test_report_only_writes_the_report_and_runs_no_job(tiny_model, data_dir, tmp_path, monkeypatch):
     """--report-only on an interrupted run: the report of the jobs done (marked incomplete), no restoration."""
     out = tmp_path / "run"
-    seen = []
-
-    def stop_after_4(rec):
-        seen.append(rec)
-        if len(seen) == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_images(_args(tiny_model, data_dir, out), on_job=stop_after_4)
+    seen = _interrupted_after(4, tiny_model, data_dir, out)
     (out / "table.md").unlink(missing_ok=True)
     restored = []
     real_restore = bench.restore

@@ -5,7 +5,6 @@ import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
 
 import json
 import os
-import re
 import shutil
 
 import numpy as np
@@ -18,6 +17,7 @@ from cmidps.outputs import (OutputError, atomic_open, check_distinct, check_outp
                             write_json)
 from cmidps.data.images import ImageError, load_image, save_image
 from cmidps.diffusion import Schedule, space_timesteps
+from conftest import assert_one_error_line
 
 TINY_TRAIN = ["--data", "heldout", "--batch", "2", "--num-channels", "8", "--num-head-channels", "8",
               "--channel-mult", "1,2", "--attention-resolutions", "", "--eval-n", "2", "--eval-every", "1000",
@@ -219,11 +219,7 @@ def test_unsafe_request_is_one_error_line_exit_2_and_nothing_changes(case, files
     except SystemExit as exc:  # argparse
         code = exc.code
     err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err
-    assert re.search(message, err), err
+    assert_one_error_line(code, err, message)
     assert _snapshot(files) == inputs  # the inputs are byte-identical
     assert _snapshot(work) == before  # nothing written, nothing left behind
 
@@ -277,18 +273,23 @@ def test_bench_force_says_what_it_did(files, tmp_path, capsys):
 
 
 # --- results as they come -------------------------------------------------------------------------------
-def test_gmm_keeps_the_rows_measured_before_a_late_failure(tmp_path, capsys, monkeypatch):
-    import cmidps.bench.gmm as gmm
-
-    real, calls = gmm.evaluate, []
+def _failing_on_call(n: int, real):
+    """``real``, except that its n-th call raises (a late failure in the middle of a run)."""
+    calls = []
 
     def failing(*a, **k):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise RuntimeError("the machine went away")
         return real(*a, **k)
 
-    monkeypatch.setattr(gmm, "evaluate", failing)
+    return failing
+
+
+def test_gmm_keeps_the_rows_measured_before_a_late_failure(tmp_path, capsys, monkeypatch):
+    import cmidps.bench.gmm as gmm
+
+    monkeypatch.setattr(gmm, "evaluate", _failing_on_call(3, gmm.evaluate))
     path = tmp_path / "r.json"
     code = main(["bench", "gmm", "--seeds", "0", "1", "2", "--methods", "dps", "--steps", "3", "--samples", "20",
                  "--ref-samples", "20", "--directions", "5", "--no-progress", "--json", str(path)])
@@ -302,15 +303,7 @@ def test_gmm_keeps_the_rows_measured_before_a_late_failure(tmp_path, capsys, mon
 def test_speed_keeps_the_units_measured_before_a_late_failure(files, tmp_path, capsys, monkeypatch):
     import cmidps.bench.speed as speed
 
-    real, calls = speed.method_step, []
-
-    def failing(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("the machine went away")
-        return real(*a, **k)
-
-    monkeypatch.setattr(speed, "method_step", failing)
+    monkeypatch.setattr(speed, "method_step", _failing_on_call(2, speed.method_step))
     path = tmp_path / "s.json"
     code = main(["bench", "speed", "--model", str(files / "tiny"), "--methods", "dps", "--estimators", "lowrank",
                  "--probes", "1", "--image-batches", "", "--timed-steps", "1", "--repeats", "1", "--quiet",

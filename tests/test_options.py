@@ -6,13 +6,13 @@ import cmidps  # noqa: F401  (sets OMP_WAIT_POLICY before torch)
 import argparse
 import hashlib
 import json
-import re
 import shutil
 
 import pytest
 
 from cmidps.cli import build_parser, main
 from cmidps.commands import options as opt
+from conftest import assert_one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -223,11 +223,7 @@ def test_a_bad_value_is_one_error_line_exit_2_and_writes_nothing(case, files, tm
     before = _digest(files)
     code = main(argv)
     err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert re.search(message, lines[0]), lines[0]
+    assert_one_error_line(code, err, message)
     assert sorted(p.name for p in out.rglob("*")) == []
     assert _digest(files) == before
 
