@@ -49,6 +49,36 @@ def test_params_table_sets_step_sizes_per_method_and_task(tiny_model, data_dir, 
     assert cfg["settings"]["param_table"] == table["params"]  # a rerun with another table is refused
 
 
+@pytest.mark.parametrize("entry, message", [
+    ({"tmpd": {"*": {"cov": "bogus"}}}, r"tmpd\.cov must be one of cg, rowsum, not 'bogus'"),
+    ({"tmpd": {"*": {"weight": "abc"}}}, r"tmpd\.weight must be a finite number"),
+    ({"dps": {"sr4": {"zeta": -1}}}, r"dps\.zeta must be a finite number >= 0"),
+    ({"dps": {"sr4": {"zeta": None}}}, r"dps\.zeta"),
+    ({"dsg": {"*": {"interval": 0.5}}}, r"dsg\.interval"),
+    ({"dps": {"*": {"gamma": 1}}}, r"dps has no parameter 'gamma'"),
+    ({"dps": {"sr5": {"zeta": 1}}}, r"unknown task 'sr5'"),
+    ({"cmi+dps": {"*": {"eta": float("nan")}}}, r"--params .*cmi\+dps"),
+])
+def test_params_file_values_are_checked_before_any_work(tiny_model, data_dir, tmp_path, monkeypatch, entry, message):
+    """A bad value in a --params table is one error naming the file, method and value, before the
+    model is loaded (as a bad --step value is)."""
+    (tmp_path / "p.json").write_text(json.dumps(entry))
+    monkeypatch.setattr("cmidps.models.loading.load_prior", lambda *a, **k: pytest.fail("loaded the model"))
+    args = _args(tiny_model, data_dir, tmp_path / "out", ",".join(entry), "--params", str(tmp_path / "p.json"))
+    with pytest.raises(ValueError, match=message):
+        bench._check_options(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_named_parameter_is_taken_from_the_table_and_from_step():
+    from cmidps.commands.options import param_value, step_override
+
+    assert param_value("tmpd", "cov", "cg") == "cg" and param_value("dps", "zeta", 2) == 2.0
+    assert step_override("tmpd.cov=cg") == ("tmpd", "cov", "cg")
+    with pytest.raises(argparse.ArgumentTypeError, match="tmpd.cov must be one of cg, rowsum"):
+        step_override("tmpd.cov=full")
+
+
 def test_params_file_errors_name_the_option(tiny_model, data_dir, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"nosuch": {"*": {"zeta": 1}}}))
     args = _args(tiny_model, data_dir, tmp_path / "out", "dps", "--params", str(tmp_path / "bad.json"))

@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import datetime
 import hashlib
+import json
 import sys
 import time
 import warnings
@@ -39,7 +40,8 @@ import torch
 
 from ..commands.options import (add_cmi_arguments, add_convert_arguments, add_device_argument, add_measurement_arguments,
                            check_sampling_options, cmi_config, convert_option, preset_steps, resolve_device,
-                           run_command, step_params, method_params, check_step_overrides)
+                           run_command, step_params, method_params, check_step_overrides, nonneg_float,
+                           param_value)
 from ..errors import InputError
 from ..data.image_sets import ImageSet, load_image_set
 from ..data.images import save_image
@@ -324,7 +326,6 @@ def _param_table(path) -> dict | None:
     A file with a top-level ``"params"`` key (what ``scripts/tune_solvers.py`` writes) gives that key."""
     if path is None:
         return None
-    import json
 
     try:
         table = json.loads(Path(path).read_text())
@@ -335,8 +336,17 @@ def _param_table(path) -> dict | None:
                                          for v in table.values())
     if not ok:
         raise BenchError(f"--params {path}: expected {{METHOD: {{TASK or '*': {{PARAM: VALUE}}}}}}")
-    for method in table:
-        parse_method(method)  # an unknown method is an error naming it
+    for method, per_task in table.items():
+        base, use_cmi = parse_method(method)  # an unknown method is an error naming it
+        for task, params in per_task.items():
+            if task != "*" and task not in TASKS:
+                raise BenchError(f"--params {path}: {method}: unknown task {task!r}; valid tasks: *, {', '.join(TASKS)}")
+            for name, value in params.items():  # every value checked before any work, as --step's are
+                try:
+                    params[name] = nonneg_float(json.dumps(value)) if use_cmi and name == "eta" \
+                        else param_value(base, name, value)
+                except argparse.ArgumentTypeError as exc:
+                    raise BenchError(f"--params {path}: {method} ({task}): {exc}") from None
     return table
 
 

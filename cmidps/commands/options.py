@@ -24,6 +24,7 @@ no command, so no module needs the entry point and there is no import circle.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 
@@ -309,12 +310,29 @@ def step_override(text) -> tuple[str, str, float]:
     if param not in known:
         raise argparse.ArgumentTypeError(f"{method} has no parameter {param!r} (in {text!r}); its parameters: "
                                          f"{', '.join(known)}")
+    return method, param, param_value(method, param, value)
+
+
+def param_value(method: str, param: str, value):
+    """One parameter of a base method's rule or driver, checked (``value``: text, or a JSON value):
+    one of its names where it takes a name (TMPD's ``cov``), an integer >= 1 where its default is an
+    integer, else a finite number >= 0. Raises ``argparse.ArgumentTypeError``."""
+    from ..methods.solvers import PARAM_CHOICES
+
+    known = step_parameters(method)
+    if param not in known:
+        raise argparse.ArgumentTypeError(f"{method} has no parameter {param!r}; its parameters: {', '.join(known)}")
+    choices = PARAM_CHOICES.get(method, {}).get(param)
+    if choices is not None:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"{method}.{param} must be one of {', '.join(choices)}, not {value!r}")
+        return value
     try:
-        v = positive_int(value) if isinstance(known[param], int) and not isinstance(known[param], bool) \
-            else nonneg_float(value)
+        text = value if isinstance(value, str) else json.dumps(value)
+        return positive_int(text) if isinstance(known[param], int) and not isinstance(known[param], bool) \
+            else nonneg_float(text)
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"{method}.{param} {exc}") from None
-    return method, param, v
 
 
 def add_step_arguments(p: argparse.ArgumentParser, methods=None) -> None:

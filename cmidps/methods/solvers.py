@@ -157,6 +157,7 @@ def diffpir(s: StepState, lam: float = 7.0, zeta: float = 0.3) -> torch.Tensor:
 
 # --- TMPD --------------------------------------------------------------------------------------------
 TMPD_COVS = ("cg", "rowsum")
+PARAM_CHOICES = {"tmpd": {"cov": TMPD_COVS}}  # the rules' parameters that take a name, not a number
 
 
 def tmpd_rowsums(s: StepState) -> torch.Tensor:
